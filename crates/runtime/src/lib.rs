@@ -5,4 +5,15 @@
 //! use the same API.
 
 pub mod cgroups;
+pub mod channel;
+pub mod clock;
+pub mod container;
+pub mod hooks;
+pub mod logging;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod sealed_exe;
 pub mod seccomp;
+pub mod spec;
+pub mod state;

@@ -1,1 +1,240 @@
-fn main() {}
+//! `vessel-runtime`: a runc-compatible OCI runtime over the vessel container engine.
+
+mod cli;
+mod exec_args;
+mod run;
+mod templates;
+mod update_args;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Parser;
+use vessel_runtime::container::{self, CreateOptions, Runtime};
+use vessel_runtime::{logging, sealed_exe};
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's first line, without its "error: " prefix and usage block.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            let _ = writeln!(std::io::stderr(), "vessel-runtime: {first}");
+            return ExitCode::from(1);
+        }
+    };
+    let format = if cli.log_format == "json" {
+        logging::Format::Json
+    } else {
+        logging::Format::Text
+    };
+    logging::init(cli.log.clone(), format);
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            logging::error(&one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    if cli.version {
+        println!(
+            "vessel-runtime version {}\nspec: {}",
+            env!("CARGO_PKG_VERSION"),
+            vessel_runtime::spec::OCI_VERSION
+        );
+        return Ok(0);
+    }
+    if !matches!(cli.log_format.as_str(), "text" | "json") {
+        return Err(anyhow!(
+            "Unknown --log-format {:?}: use text or json",
+            cli.log_format
+        ));
+    }
+    let rt = Runtime::new(cli.root.clone(), cli.systemd_cgroup);
+    let Some(command) = cli.command else {
+        return Err(anyhow!("No command given: see vessel-runtime --help"));
+    };
+    if matches!(
+        command,
+        Command::Create(_) | Command::Run { .. } | Command::Exec(_)
+    ) {
+        // These put a process of ours into a container: see sealed_exe for why and how.
+        sealed_exe::make_undumpable();
+        sealed_exe::reexec_sealed()?;
+    }
+    match command {
+        Command::Create(a) => {
+            container::create(&rt, &create_options(&a))?;
+        }
+        Command::Start { id } => container::start(&rt, &id)?,
+        Command::Run {
+            create,
+            detach,
+            keep,
+        } => return run::run(&rt, &create_options(&create), detach, keep),
+        Command::State { id } => {
+            let state = container::state(&rt, &id)?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+        }
+        Command::Kill { id, signal, all } => {
+            let sig = container::parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
+            container::kill(&rt, &id, sig, all)?;
+        }
+        Command::Delete { force, id } => container::delete(&rt, &id, force)?,
+        Command::Exec(a) => return exec_args::exec(&rt, a),
+        Command::Ps { format, id, .. } => ps(&rt, &format, &id)?,
+        Command::List { format, quiet } => list(&rt, &format, quiet)?,
+        Command::Pause { id } => container::pause(&rt, &id)?,
+        Command::Resume { id } => container::resume(&rt, &id)?,
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => events(&rt, stats, &interval, &id)?,
+        Command::Update(a) => update_args::update(&rt, a)?,
+        Command::Spec { bundle } => templates::write_spec(&bundle)?,
+        Command::Features => println!("{}", serde_json::to_string_pretty(&templates::features())?),
+    }
+    Ok(0)
+}
+
+/// The error and its causes on one line, without repeating a cause the message already names.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+fn create_options(a: &cli::CreateArgs) -> CreateOptions {
+    CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        console_socket: a.console_socket.clone(),
+        pid_file: a.pid_file.clone(),
+        preserve_fds: a.preserve_fds,
+        no_pivot: a.no_pivot,
+    }
+}
+
+fn ps(rt: &Runtime, format: &str, id: &str) -> Result<()> {
+    let pids = container::ps_pids(rt, id)?;
+    match format {
+        "json" => println!("{}", serde_json::to_string(&pids)?),
+        "table" => {
+            println!("PID\tCMD");
+            for pid in pids {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd: String = String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string();
+                println!("{pid}\t{cmd}");
+            }
+        }
+        other => return Err(anyhow!("Unknown format {other:?}: use table or json")),
+    }
+    Ok(())
+}
+
+fn list(rt: &Runtime, format: &str, quiet: bool) -> Result<()> {
+    let all = container::list(rt)?;
+    if quiet {
+        for c in &all {
+            println!("{}", c.id);
+        }
+        return Ok(());
+    }
+    match format {
+        "json" => println!("{}", serde_json::to_string(&all)?),
+        "table" => {
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} {:<32} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            );
+            for c in &all {
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} {:<32} {}",
+                    c.id, c.pid, c.status, c.bundle, c.created, c.owner
+                );
+            }
+        }
+        other => return Err(anyhow!("Unknown format {other:?}: use table or json")),
+    }
+    Ok(())
+}
+
+/// `5s`, `500ms`, `1m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration> {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("Invalid interval {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(anyhow!("Invalid interval {s:?}: use ms, s or m")),
+    };
+    if secs <= 0.0 {
+        return Err(anyhow!("Invalid interval {s:?}: it must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn events(rt: &Runtime, once: bool, interval: &str, id: &str) -> Result<()> {
+    let every = parse_duration(interval)?;
+    loop {
+        let data = match container::stats(rt, id) {
+            Ok(d) => d,
+            // The container stopped while we were watching: that ends the stream.
+            Err(_)
+                if !once
+                    && container::state(rt, id)
+                        .map(|s| s["status"] == "stopped")
+                        .unwrap_or(true) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "type": "stats", "id": id, "data": data })
+        );
+        if once {
+            return Ok(());
+        }
+        std::thread::sleep(every);
+    }
+}

@@ -1,0 +1,205 @@
+//! `exec`: start another process inside a running container, in all of its namespaces and its cgroup.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use super::create::{clone_child, write_pid_file};
+use super::{ContainerError, Runtime};
+use crate::channel::{self, Channel, Message};
+use crate::namespaces::{clone_flag, kind_name, Joined};
+use crate::process::{console, rlimits, Finisher};
+use crate::state::Status;
+
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub id: String,
+    pub process: Process,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub detach: bool,
+    pub preserve_fds: i32,
+}
+
+/// Runs the process; returns its exit code when not detached.
+pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerError> {
+    let (record, _) = {
+        let sd = rt.open(&opts.id, true)?;
+        let record = sd.load()?;
+        let status = record.status(&sd);
+        if !matches!(status, Status::Running | Status::Created) {
+            return Err(ContainerError::WrongStatus {
+                id: opts.id.clone(),
+                status,
+                action: "exec in it",
+            });
+        }
+        (record, sd)
+    };
+    if opts.process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+        return Err(ContainerError::Config(
+            "process.terminal is true but no --console-socket was given".into(),
+        ));
+    }
+    let console = opts
+        .console_socket
+        .as_ref()
+        .map(|p| {
+            UnixStream::connect(p).map_err(|source| ContainerError::Io {
+                action: "connect to console socket",
+                path: p.clone(),
+                source,
+            })
+        })
+        .transpose()?;
+    let namespaces = container_namespaces(&record.spec, record.pid)?;
+    // Joining the pid namespace affects only children: do it here, so the one child we fork is inside.
+    if let Some(pid_ns) = namespaces
+        .iter()
+        .find(|j| j.kind == LinuxNamespaceType::Pid)
+    {
+        setns(&pid_ns.file, CloneFlags::CLONE_NEWPID).map_err(ContainerError::os(format!(
+            "join {}",
+            pid_ns.path.display()
+        )))?;
+    }
+    let linux = record.spec.linux().clone().unwrap_or_default();
+    let (parent_end, child_end) = channel::pair()?;
+    let child = clone_child(CloneFlags::empty(), || {
+        let e = child_main(
+            &child_end,
+            &namespaces,
+            &opts.process,
+            &linux,
+            console.as_ref().map(|c| c.as_raw_fd()),
+            opts.preserve_fds,
+        );
+        let _ = child_end.send(&Message::Failed(e));
+        1
+    })?;
+    drop(child_end);
+    let reap_on_error = |e: ContainerError| {
+        let _ = nix::sys::signal::kill(Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(child), None);
+        e
+    };
+    record
+        .cgroup
+        .add_process(child)
+        .map_err(|e| reap_on_error(e.into()))?;
+    parent_end
+        .send(&Message::Proceed)
+        .map_err(|e| reap_on_error(e.into()))?;
+    match parent_end.recv().map_err(|e| reap_on_error(e.into()))? {
+        Some(Message::Ready) => {}
+        Some(Message::Failed(e)) => return Err(reap_on_error(ContainerError::Init(e))),
+        _ => {
+            return Err(reap_on_error(ContainerError::Init(
+                "The exec process exited during set-up".into(),
+            )))
+        }
+    }
+    // EOF now means the exec succeeded (the channel is close-on-exec).
+    if let Some(Message::Failed(e)) = parent_end.recv().map_err(|e| reap_on_error(e.into()))? {
+        return Err(reap_on_error(ContainerError::Init(e)));
+    }
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, child)?;
+    }
+    if opts.detach {
+        return Ok(None);
+    }
+    loop {
+        match waitpid(Pid::from_raw(child), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(ContainerError::os("wait for the exec process")(e)),
+        }
+    }
+}
+
+/// The namespaces of the container's init that differ from ours, user first and mount last.
+fn container_namespaces(
+    spec: &oci_spec::runtime::Spec,
+    pid: i32,
+) -> Result<Vec<Joined>, ContainerError> {
+    let mut out = Vec::new();
+    let list = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for ns in list {
+        let kind = ns.typ();
+        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{}", kind_name(kind)));
+        let ours = PathBuf::from(format!("/proc/self/ns/{}", kind_name(kind)));
+        let same = match (std::fs::metadata(&theirs), std::fs::metadata(&ours)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if !same {
+            out.push(Joined::open(kind, &theirs)?);
+        }
+    }
+    out.sort_by_key(|j| match j.kind {
+        LinuxNamespaceType::User => 0,
+        LinuxNamespaceType::Mount => 9,
+        _ => 5,
+    });
+    Ok(out)
+}
+
+fn child_main(
+    channel: &Channel,
+    namespaces: &[Joined],
+    process: &Process,
+    linux: &oci_spec::runtime::Linux,
+    console_fd: Option<i32>,
+    preserve_fds: i32,
+) -> String {
+    let run = || -> Result<Finisher, String> {
+        channel
+            .expect(Message::Proceed, "the parent's go-ahead")
+            .map_err(|e| e.to_string())?;
+        for j in namespaces
+            .iter()
+            .filter(|j| j.kind != LinuxNamespaceType::Pid)
+        {
+            setns(&j.file, clone_flag(j.kind))
+                .map_err(|e| format!("Cannot join {}: {e}", j.path.display()))?;
+        }
+        nix::unistd::setsid().map_err(|e| format!("Cannot start a new session: {e}"))?;
+        if process.terminal().unwrap_or(false) {
+            let size = process
+                .console_size()
+                .map(|b| (b.height() as u16, b.width() as u16));
+            let (master, slave) = console::open(size).map_err(|e| e.to_string())?;
+            console::send_master(console_fd.ok_or("no console socket")?, &master)
+                .map_err(|e| e.to_string())?;
+            console::attach(&master, slave).map_err(|e| e.to_string())?;
+        }
+        if let Some(limits) = process.rlimits() {
+            rlimits::apply(limits).map_err(|e| e.to_string())?;
+        }
+        let f = Finisher::new(process, linux.seccomp().as_ref(), preserve_fds, None)
+            .map_err(|e| e.to_string())?;
+        f.change_dir().map_err(|e| e.to_string())?;
+        Ok(f)
+    };
+    match run() {
+        Ok(f) => {
+            if let Err(e) = channel.send(&Message::Ready) {
+                return e.to_string();
+            }
+            f.finish("{}").to_string()
+        }
+        Err(e) => e,
+    }
+}

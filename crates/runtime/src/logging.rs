@@ -1,0 +1,58 @@
+//! The runtime's log: runc's `--log FILE --log-format text|json`, which clients such as containerd read for
+//! the reason a command failed. Without a file, warnings go to stderr.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+struct Config {
+    file: Option<PathBuf>,
+    format: Format,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+pub fn init(file: Option<PathBuf>, format: Format) {
+    let _ = CONFIG.set(Config { file, format });
+}
+
+fn record(level: &str, msg: &str, format: Format) -> String {
+    let time = crate::clock::now_rfc3339();
+    match format {
+        Format::Json => serde_json::json!({ "level": level, "msg": msg, "time": time }).to_string(),
+        Format::Text => format!("time=\"{time}\" level={level} msg={msg:?}"),
+    }
+}
+
+fn write(level: &str, msg: &str, also_stderr: bool) {
+    let cfg = CONFIG.get();
+    match cfg.and_then(|c| c.file.as_ref().map(|f| (f, c.format))) {
+        Some((file, format)) => {
+            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(file) {
+                let _ = writeln!(f, "{}", record(level, msg, format));
+            }
+            if also_stderr {
+                let _ = writeln!(std::io::stderr(), "vessel-runtime: {msg}");
+            }
+        }
+        None => {
+            let _ = writeln!(std::io::stderr(), "vessel-runtime: {msg}");
+        }
+    }
+}
+
+pub fn warn(msg: &str) {
+    write("warning", msg, false);
+}
+
+/// The one line a failed command prints (and logs).
+pub fn error(msg: &str) {
+    write("error", msg, true);
+}
