@@ -12,11 +12,10 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Applets linked into every rootfs (busybox is also callable as `busybox <applet>`).
 pub const APPLETS: &[&str] = &[
-    "sh", "cat", "ls", "echo", "sleep", "true", "false", "id", "hostname", "mount", "umount",
-    "grep", "stat", "test", "[", "ps", "touch", "mkdir", "readlink", "pwd", "wc", "head", "tail",
-    "tr", "env", "kill", "printf", "mknod", "ln", "rm", "sed", "awk", "cut", "sort", "uname",
-    "sysctl", "mkfifo", "dd", "chmod", "whoami", "nproc", "sync", "cp", "mv", "seq", "xargs",
-    "find",
+    "sh", "cat", "ls", "echo", "sleep", "true", "false", "id", "hostname", "mount", "umount", "grep", "stat",
+    "test", "[", "ps", "touch", "mkdir", "readlink", "pwd", "wc", "head", "tail", "tr", "env", "kill",
+    "printf", "mknod", "ln", "rm", "sed", "awk", "cut", "sort", "uname", "sysctl", "mkfifo", "dd", "chmod",
+    "whoami", "nproc", "sync", "cp", "mv", "seq", "xargs", "find",
 ];
 
 /// The default cgroup parent of test containers (absolute form).
@@ -170,13 +169,7 @@ impl Bundle {
     }
 
     /// Appends a mount.
-    pub fn add_mount(
-        &mut self,
-        destination: &str,
-        typ: &str,
-        source: &str,
-        options: &[&str],
-    ) -> &mut Self {
+    pub fn add_mount(&mut self, destination: &str, typ: &str, source: &str, options: &[&str]) -> &mut Self {
         let mut m = json!({"destination": destination, "source": source, "options": options});
         if !typ.is_empty() {
             m["type"] = json!(typ);
@@ -261,13 +254,7 @@ impl Bundle {
 
     /// Appends a hook of `kind` (`prestart`, `createRuntime`, `createContainer`, `startContainer`,
     /// `poststart`, `poststop`).
-    pub fn add_hook(
-        &mut self,
-        kind: &str,
-        path: &str,
-        args: &[&str],
-        timeout: Option<u32>,
-    ) -> &mut Self {
+    pub fn add_hook(&mut self, kind: &str, path: &str, args: &[&str], timeout: Option<u32>) -> &mut Self {
         let mut h = json!({"path": path, "args": args});
         if let Some(t) = timeout {
             h["timeout"] = json!(t);
@@ -475,7 +462,9 @@ fn populate_rootfs(rootfs: &Path) {
     );
     let bb = rootfs.join("bin/busybox");
     std::fs::copy(BUSYBOX, &bb).unwrap_or_else(|e| {
-        panic!("Cannot copy {BUSYBOX} into the test rootfs: {e} (install busybox-static: scripts/test-deps.sh)")
+        panic!(
+            "Cannot copy {BUSYBOX} into the test rootfs: {e} (install busybox-static: scripts/test-deps.sh)"
+        )
     });
     std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o755)).unwrap();
     for a in APPLETS {

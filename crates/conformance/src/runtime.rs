@@ -62,10 +62,7 @@ pub fn vessel_binary() -> PathBuf {
     if let Ok(p) = std::env::var("VESSEL_RUNTIME") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            panic!(
-                "VESSEL_RUNTIME={} does not exist or is not a file",
-                p.display()
-            );
+            panic!("VESSEL_RUNTIME={} does not exist or is not a file", p.display());
         }
         return p;
     }
@@ -242,13 +239,7 @@ impl Runtime {
         self.create_no_write(b.path(), id, extra, &[]).0
     }
 
-    fn create_no_write(
-        &self,
-        bundle: &Path,
-        id: &str,
-        extra: &[&str],
-        global: &[&str],
-    ) -> (Out, File) {
+    fn create_no_write(&self, bundle: &Path, id: &str, extra: &[&str], global: &[&str]) -> (Out, File) {
         let bundle = bundle.to_string_lossy().into_owned();
         let mut args = vec!["create", "--bundle", &bundle];
         args.extend_from_slice(extra);
@@ -305,9 +296,7 @@ impl Runtime {
                 return st;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "container {id} did not reach {wanted:?} within {timeout:?}; last state: {st}"
-                );
+                panic!("container {id} did not reach {wanted:?} within {timeout:?}; last state: {st}");
             }
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_millis(100));
@@ -396,11 +385,9 @@ impl Container<'_> {
 
 impl Drop for Container<'_> {
     fn drop(&mut self) {
-        let _ = self.rt.exec_with(
-            &[],
-            &["delete", "--force", &self.id],
-            Duration::from_secs(20),
-        );
+        let _ = self
+            .rt
+            .exec_with(&[], &["delete", "--force", &self.id], Duration::from_secs(20));
     }
 }
 
@@ -438,10 +425,7 @@ impl Out {
 
     /// Non-empty stderr lines.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
+        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
     }
 
     /// stdout lines, trimmed.
@@ -487,9 +471,7 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (Out, File) {
     cmd.stdin(Stdio::null())
         .stdout(out_f.try_clone().expect("dup"))
         .stderr(err_f.try_clone().expect("dup"));
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
     drop(cmd);
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(1);

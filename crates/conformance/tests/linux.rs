@@ -21,10 +21,7 @@ fn kv(out: &str) -> BTreeMap<String, String> {
 }
 
 fn mount_at<'a>(mounts: &'a [MountInfo], dest: &str) -> Option<&'a MountInfo> {
-    mounts
-        .iter()
-        .rev()
-        .find(|m| m.mount_point.to_str() == Some(dest))
+    mounts.iter().rev().find(|m| m.mount_point.to_str() == Some(dest))
 }
 
 /// A helper process in new namespaces (`unshare OPTS --fork sleep 60`), killed with its process group
@@ -272,17 +269,20 @@ conformance!(linux_masked_paths, |rt: &Runtime| {
 
 // maskedPaths MUST be absolute: a relative one is an invalid config and MUST be rejected.
 // runc 1.1 accepts it silently, so this fails on runc.
-conformance!(linux_masked_paths_relative_rejected, |rt: &Runtime| {
-    let mut b = Bundle::new();
-    b.write_file("/masked-relpath", "secrets");
-    b.add_masked_path("masked-relpath").args(&["true"]);
-    let id = rt.new_id();
-    let g = rt.guard(&id);
-    rt.run(&b, &id)
-        .assert_fail("run with a relative masked path");
-    drop(g);
-    assert_nothing_left(rt, &b, "after a rejected config");
-});
+conformance!(
+    linux_masked_paths_relative_rejected,
+    runc_differs = "runc accepts relative masked paths; the spec requires absolute ones",
+    |rt: &Runtime| {
+        let mut b = Bundle::new();
+        b.write_file("/masked-relpath", "secrets");
+        b.add_masked_path("masked-relpath").args(&["true"]);
+        let id = rt.new_id();
+        let g = rt.guard(&id);
+        rt.run(&b, &id).assert_fail("run with a relative masked path");
+        drop(g);
+        assert_nothing_left(rt, &b, "after a rejected config");
+    }
+);
 
 // readonlyPaths: readable, not writable (directories, files, nested ones).
 conformance!(linux_readonly_paths, |rt: &Runtime| {
@@ -331,17 +331,20 @@ conformance!(linux_readonly_paths, |rt: &Runtime| {
 });
 
 // readonlyPaths MUST be absolute; a relative one MUST be rejected. runc 1.1 accepts it (fails on runc).
-conformance!(linux_readonly_paths_relative_rejected, |rt: &Runtime| {
-    let mut b = Bundle::new();
-    b.write_file("/readonly-relpath", "x");
-    b.add_readonly_path("readonly-relpath").args(&["true"]);
-    let id = rt.new_id();
-    let g = rt.guard(&id);
-    rt.run(&b, &id)
-        .assert_fail("run with a relative read-only path");
-    drop(g);
-    assert_nothing_left(rt, &b, "after a rejected config");
-});
+conformance!(
+    linux_readonly_paths_relative_rejected,
+    runc_differs = "runc accepts relative read-only paths; the spec requires absolute ones",
+    |rt: &Runtime| {
+        let mut b = Bundle::new();
+        b.write_file("/readonly-relpath", "x");
+        b.add_readonly_path("readonly-relpath").args(&["true"]);
+        let id = rt.new_id();
+        let g = rt.guard(&id);
+        rt.run(&b, &id).assert_fail("run with a relative read-only path");
+        drop(g);
+        assert_nothing_left(rt, &b, "after a rejected config");
+    }
+);
 
 // linux.mountLabel. With SELinux enabled the label is applied to the container's mounts. This host has
 // no SELinux: a label that cannot be applied must fail the container cleanly (runc passes context= to
@@ -453,8 +456,7 @@ conformance!(linux_ns_path, |rt: &Runtime| {
         }
         let helper = NsHelper::new(&opts, ns);
         let mut b = Bundle::new();
-        b.namespace(typ, Some(&helper.ns_path(ns)))
-            .args(&["sleep", "30"]);
+        b.namespace(typ, Some(&helper.ns_path(ns))).args(&["sleep", "30"]);
         let c = rt.create_container(&b);
         let got = host::ns_link(&c.pid(), ns);
         assert_eq!(
@@ -489,57 +491,60 @@ conformance!(linux_ns_path_type, |rt: &Runtime| {
         }
         let id = rt.new_id();
         let g = rt.guard(&id);
-        rt.run(&b, &id).assert_fail(&format!(
-            "{typ} namespace given the path of a {wrong} namespace"
-        ));
+        rt.run(&b, &id)
+            .assert_fail(&format!("{typ} namespace given the path of a {wrong} namespace"));
         drop(g);
         assert_nothing_left(rt, &b, "after a rejected namespace path");
     }
 });
 
 // rootfsPropagation sets the propagation of the container's root mount, without changing the host's.
-conformance!(linux_rootfs_propagation, |rt: &Runtime| {
-    let host_root_before = mount_at(&host::mountinfo(), "/").map(|m| m.optional.clone());
-    let mut failures = Vec::new();
-    for mode in ["shared", "slave", "private", "unbindable"] {
-        let mut b = Bundle::new();
-        b.rootfs_propagation(mode).sh("cat /proc/self/mountinfo");
-        let id = rt.new_id();
-        let _g = rt.guard(&id);
-        let out = rt.run(&b, &id);
-        if !out.success() {
-            failures.push(format!("{mode}: run failed\n{out}"));
-            continue;
+conformance!(
+    linux_rootfs_propagation,
+    runc_differs = "runc leaves the root private for 'shared' and fails 'unbindable' with EINVAL",
+    |rt: &Runtime| {
+        let host_root_before = mount_at(&host::mountinfo(), "/").map(|m| m.optional.clone());
+        let mut failures = Vec::new();
+        for mode in ["shared", "slave", "private", "unbindable"] {
+            let mut b = Bundle::new();
+            b.rootfs_propagation(mode).sh("cat /proc/self/mountinfo");
+            let id = rt.new_id();
+            let _g = rt.guard(&id);
+            let out = rt.run(&b, &id);
+            if !out.success() {
+                failures.push(format!("{mode}: run failed\n{out}"));
+                continue;
+            }
+            let mi = parse_mountinfo(&out.stdout);
+            let Some(root) = mount_at(&mi, "/") else {
+                failures.push(format!("{mode}: no / in mountinfo"));
+                continue;
+            };
+            let ok = match mode {
+                "shared" => root.is_shared(),
+                "slave" => !root.is_shared(),
+                "private" => !root.is_shared() && !root.is_slave(),
+                _ => root.is_unbindable(),
+            };
+            if !ok {
+                failures.push(format!(
+                    "{mode}: root mount is {:?}: {}",
+                    root.optional, root.line
+                ));
+            }
         }
-        let mi = parse_mountinfo(&out.stdout);
-        let Some(root) = mount_at(&mi, "/") else {
-            failures.push(format!("{mode}: no / in mountinfo"));
-            continue;
-        };
-        let ok = match mode {
-            "shared" => root.is_shared(),
-            "slave" => !root.is_shared(),
-            "private" => !root.is_shared() && !root.is_slave(),
-            _ => root.is_unbindable(),
-        };
-        if !ok {
-            failures.push(format!(
-                "{mode}: root mount is {:?}: {}",
-                root.optional, root.line
-            ));
-        }
+        assert_eq!(
+            mount_at(&host::mountinfo(), "/").map(|m| m.optional.clone()),
+            host_root_before,
+            "the host's root propagation changed"
+        );
+        assert!(
+            failures.is_empty(),
+            "rootfsPropagation not applied:\n{}",
+            failures.join("\n")
+        );
     }
-    assert_eq!(
-        mount_at(&host::mountinfo(), "/").map(|m| m.optional.clone()),
-        host_root_before,
-        "the host's root propagation changed"
-    );
-    assert!(
-        failures.is_empty(),
-        "rootfsPropagation not applied:\n{}",
-        failures.join("\n")
-    );
-});
+);
 
 // seccomp: the default action applies, listed syscalls get their action (errno, with errnoRet).
 conformance!(linux_seccomp, |rt: &Runtime| {
@@ -585,7 +590,9 @@ conformance!(linux_sysctl, |rt: &Runtime| {
     let mut b = Bundle::new();
     b.sysctl("net.ipv4.ip_forward", "1")
         .sysctl("kernel.shm_rmid_forced", "1")
-        .sh("echo fwd=$(cat /proc/sys/net/ipv4/ip_forward); echo shm=$(cat /proc/sys/kernel/shm_rmid_forced)");
+        .sh(
+            "echo fwd=$(cat /proc/sys/net/ipv4/ip_forward); echo shm=$(cat /proc/sys/kernel/shm_rmid_forced)",
+        );
     let out = rt.run_ok(&b).stdout.clone();
     let m = kv(&out);
     assert_eq!(m.get("fwd").map(String::as_str), Some("1"), "{out}");
@@ -630,12 +637,8 @@ conformance!(linux_uid_mappings, |rt: &Runtime| {
         .sh("cat /proc/self/uid_map /proc/self/gid_map; echo id=$(id -u):$(id -g)");
     let c = rt.create_container(&b);
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).unwrap();
-    let uid = host::status_field(&status, "Uid")
-        .unwrap_or_default()
-        .to_string();
-    let gid = host::status_field(&status, "Gid")
-        .unwrap_or_default()
-        .to_string();
+    let uid = host::status_field(&status, "Uid").unwrap_or_default().to_string();
+    let gid = host::status_field(&status, "Gid").unwrap_or_default().to_string();
     c.start().assert_ok("start");
     c.wait_stopped();
     let out = c.output();
@@ -675,12 +678,7 @@ conformance!(mounts, |rt: &Runtime| {
     }
     b.add_mount("/tmp/test-shared", "tmpfs", "tmpfs", &with(&opts, "shared"))
         .add_mount("/tmp/test-slave", "tmpfs", "tmpfs", &with(&opts, "slave"))
-        .add_mount(
-            "/tmp/test-private",
-            "tmpfs",
-            "tmpfs",
-            &with(&opts, "private"),
-        )
+        .add_mount("/tmp/test-private", "tmpfs", "tmpfs", &with(&opts, "private"))
         .add_mount("/mnt/bind-rshared", "", &s, &["rbind", "rshared"])
         .add_mount("/mnt/bind-rslave", "", &s, &["rbind", "rslave"])
         .add_mount("/mnt/bind-private", "bind", &s, &["bind", "private"])
@@ -706,10 +704,7 @@ conformance!(mounts, |rt: &Runtime| {
         head.contains("from the host\na file\n"),
         "bind mount contents:\n{out}"
     );
-    assert!(
-        head.contains("ro=readonly"),
-        "ro bind mount writable:\n{out}"
-    );
+    assert!(head.contains("ro=readonly"), "ro bind mount writable:\n{out}");
     assert!(head.contains("tmpfs=writable"), "{out}");
     let mi = parse_mountinfo(mounts);
     let at = |d: &str| {
@@ -732,21 +727,14 @@ conformance!(mounts, |rt: &Runtime| {
     assert!(at("/mnt/bind-rshared").is_shared(), "rshared bind");
     assert!(!at("/mnt/bind-rslave").is_shared(), "rslave bind is shared");
     let bp = at("/mnt/bind-private");
-    assert!(
-        !bp.is_shared() && !bp.is_slave(),
-        "private bind: {}",
-        bp.line
-    );
+    assert!(!bp.is_shared() && !bp.is_slave(), "private bind: {}", bp.line);
     assert!(
         bp.root
             .ends_with(src.path().file_name().unwrap().to_str().unwrap()),
         "bind root: {}",
         bp.line
     );
-    assert!(
-        at("/mnt/bind-unbindable").is_unbindable(),
-        "unbindable bind"
-    );
+    assert!(at("/mnt/bind-unbindable").is_unbindable(), "unbindable bind");
     let ro = at("/mnt/bind-ro");
     assert!(
         ro.has_option("ro") && ro.has_option("nodev"),

@@ -48,11 +48,7 @@ conformance!(process, |rt: &Runtime| {
     let id = rt.new_id();
     let _g = rt.guard(&id);
     let o = rt.run(&b, &id);
-    assert_eq!(
-        o.code,
-        Some(7),
-        "exit code of run should be the process's\n{o}"
-    );
+    assert_eq!(o.code, Some(7), "exit code of run should be the process's\n{o}");
 });
 
 // uid, gid, additionalGids and umask are applied.
@@ -64,18 +60,9 @@ conformance!(process_user, |rt: &Runtime| {
         &mut b,
         "grep -E '^(Uid|Gid|Groups):' /proc/self/status; echo umask=$(umask); touch /tmp/f; stat -c mode=%a /tmp/f",
     );
-    let uid = out
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap_or_default();
-    let gid = out
-        .lines()
-        .find(|l| l.starts_with("Gid:"))
-        .unwrap_or_default();
-    let groups = out
-        .lines()
-        .find(|l| l.starts_with("Groups:"))
-        .unwrap_or_default();
+    let uid = out.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
+    let gid = out.lines().find(|l| l.starts_with("Gid:")).unwrap_or_default();
+    let groups = out.lines().find(|l| l.starts_with("Groups:")).unwrap_or_default();
     assert_eq!(
         uid.split_whitespace().skip(1).collect::<Vec<_>>(),
         ["10"; 4],
@@ -109,9 +96,7 @@ conformance!(process_user, |rt: &Runtime| {
 });
 
 fn cap_line(status: &str, name: &str) -> u64 {
-    parse_mask(
-        host::status_field(status, name).unwrap_or_else(|| panic!("no {name} in:\n{status}")),
-    )
+    parse_mask(host::status_field(status, name).unwrap_or_else(|| panic!("no {name} in:\n{status}")))
 }
 
 // bounding/effective/permitted/inheritable/ambient are set exactly: a small set, and every capability
@@ -136,11 +121,7 @@ conformance!(process_capabilities, |rt: &Runtime| {
         "bounding": amb, "effective": amb, "permitted": amb, "inheritable": amb, "ambient": amb
     });
     let out = run_script(rt, &mut b, "cat /proc/self/status");
-    assert_eq!(
-        cap_line(&out, "CapAmb"),
-        cap_mask(&amb),
-        "ambient for uid 1000"
-    );
+    assert_eq!(cap_line(&out, "CapAmb"), cap_mask(&amb), "ambient for uid 1000");
     assert_eq!(
         cap_line(&out, "CapEff"),
         cap_mask(&amb),
@@ -235,11 +216,7 @@ conformance!(process_rlimits, |rt: &Runtime| {
         .rlimit("RLIMIT_STACK", 10 * G, 9 * G)
         .rlimit("RLIMIT_CPU", 120, 60)
         .rlimit("RLIMIT_NOFILE", 4000, 3000);
-    let out = run_script(
-        rt,
-        &mut b,
-        "cat /proc/self/limits; echo ulimit-n=$(ulimit -n)",
-    );
+    let out = run_script(rt, &mut b, "cat /proc/self/limits; echo ulimit-n=$(ulimit -n)");
     let l = limits(&out);
     let want = [
         ("Max address space", G, 2 * G),
@@ -294,8 +271,7 @@ conformance!(root_readonly_true, |rt: &Runtime| {
     );
     assert_eq!(m.get("tmp").map(String::as_str), Some("writable"), "{out}");
     assert!(
-        m.get("opts")
-            .is_some_and(|o| o.split(',').any(|x| x == "ro")),
+        m.get("opts").is_some_and(|o| o.split(',').any(|x| x == "ro")),
         "/ not mounted ro: {out}"
     );
     assert!(!b.host_path("/newfile").exists());
@@ -342,8 +318,7 @@ conformance!(hostname, |rt: &Runtime| {
     b.hostname("no-uts").remove_namespace("uts").args(&["true"]);
     let id = rt.new_id();
     let _g = rt.guard(&id);
-    rt.run(&b, &id)
-        .assert_fail("hostname without a UTS namespace");
+    rt.run(&b, &id).assert_fail("hostname without a UTS namespace");
     assert_eq!(
         nix::unistd::gethostname().unwrap(),
         host_name,

@@ -91,11 +91,10 @@ impl Channel {
             match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                 Ok(0) => return Ok(None),
                 Ok(n) => {
-                    let msg =
-                        Message::decode(&buf[..n]).ok_or_else(|| ChannelError::Unexpected {
-                            got: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                            want: "a protocol message",
-                        })?;
+                    let msg = Message::decode(&buf[..n]).ok_or_else(|| ChannelError::Unexpected {
+                        got: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                        want: "a protocol message",
+                    })?;
                     return Ok(Some(msg));
                 }
                 Err(nix::Error::EINTR) => continue,

@@ -39,11 +39,7 @@ pub enum HookError {
 }
 
 /// Run each hook in order; the first failure stops the list.
-pub fn run_all(
-    stage: &'static str,
-    hooks: Option<&Vec<Hook>>,
-    state_json: &str,
-) -> Result<(), HookError> {
+pub fn run_all(stage: &'static str, hooks: Option<&Vec<Hook>>, state_json: &str) -> Result<(), HookError> {
     for hook in hooks.into_iter().flatten() {
         run(stage, hook, state_json)?;
     }
@@ -87,13 +83,7 @@ pub fn run(stage: &'static str, hook: &Hook, state_json: &str) -> Result<(), Hoo
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
-            Err(source) => {
-                return Err(HookError::Spawn {
-                    stage,
-                    path,
-                    source,
-                })
-            }
+            Err(source) => return Err(HookError::Spawn { stage, path, source }),
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = child.kill();
@@ -158,11 +148,7 @@ mod tests {
     fn failing_and_slow_hooks_are_errors() {
         let fail = HookBuilder::default()
             .path("/bin/sh")
-            .args(vec![
-                "sh".into(),
-                "-c".into(),
-                "echo boom >&2; exit 3".into(),
-            ])
+            .args(vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()])
             .build()
             .unwrap();
         let e = run("prestart", &fail, "{}").unwrap_err().to_string();

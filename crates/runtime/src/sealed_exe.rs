@@ -57,8 +57,7 @@ fn sealed_path(exe: &std::fs::Metadata) -> PathBuf {
 }
 
 fn is_readonly_mount(p: &Path) -> bool {
-    nix::sys::statvfs::statvfs(p)
-        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+    nix::sys::statvfs::statvfs(p).is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
 
 /// Make sure the read-only view exists; returns its path.
@@ -70,8 +69,7 @@ pub fn ensure_sealed() -> Result<PathBuf, SealError> {
         source,
     })?;
     let target = sealed_path(&meta);
-    if is_readonly_mount(&target) && std::fs::metadata(&target).is_ok_and(|m| m.ino() == meta.ino())
-    {
+    if is_readonly_mount(&target) && std::fs::metadata(&target).is_ok_and(|m| m.ino() == meta.ino()) {
         return Ok(target);
     }
     let dir = Path::new(SEALED_DIR);
@@ -109,17 +107,12 @@ pub fn ensure_sealed() -> Result<PathBuf, SealError> {
         path: exe.clone(),
         source,
     })?;
-    mount(
-        Some(&real),
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|source| SealError::Os {
-        action: "bind-mount",
-        path: target.clone(),
-        source,
+    mount(Some(&real), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|source| {
+        SealError::Os {
+            action: "bind-mount",
+            path: target.clone(),
+            source,
+        }
     })?;
     mount(
         None::<&str>,
@@ -172,6 +165,10 @@ pub fn reexec_sealed() -> Result<(), SealError> {
 
 /// Keep other processes (in the container) from opening our /proc/PID/exe until we exec its program.
 pub fn make_undumpable() {
+    set_dumpable(false);
+}
+
+pub fn set_dumpable(on: bool) {
     // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) };
 }

@@ -17,10 +17,7 @@ pub enum SpecError {
     #[error("Bundle {0} does not exist or is not a directory")]
     NoBundle(PathBuf),
     #[error("Cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("Malformed {path}: {source}")]
     Malformed {
         path: PathBuf,
@@ -104,9 +101,7 @@ fn parse_config(text: &[u8]) -> Result<(Spec, Vec<String>), ParseError> {
 }
 
 /// Parse a `process.json` (as given to `exec --process`), with the same capability tolerance.
-pub fn parse_process(
-    text: &[u8],
-) -> Result<(oci_spec::runtime::Process, Vec<String>), serde_json::Error> {
+pub fn parse_process(text: &[u8]) -> Result<(oci_spec::runtime::Process, Vec<String>), serde_json::Error> {
     let mut value: Value = serde_json::from_slice(text)?;
     let mut unknown = Vec::new();
     if let Some(caps) = value.pointer_mut("/capabilities") {
@@ -116,14 +111,8 @@ pub fn parse_process(
 }
 
 fn check_version(value: &Value) -> Result<(), SpecError> {
-    let version = value
-        .get("ociVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let major = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u64>().ok());
+    let version = value.get("ociVersion").and_then(Value::as_str).unwrap_or("");
+    let major = version.split('.').next().and_then(|m| m.parse::<u64>().ok());
     match major {
         Some(SUPPORTED_MAJOR) => Ok(()),
         _ => Err(SpecError::Version(version.to_string())),
@@ -136,9 +125,7 @@ fn retain_known_capabilities(caps: &mut Value) -> Vec<String> {
         for set in sets.values_mut() {
             if let Some(names) = set.as_array_mut() {
                 names.retain(|n| {
-                    let known = n
-                        .as_str()
-                        .is_some_and(|s| caps::Capability::from_str(s).is_ok());
+                    let known = n.as_str().is_some_and(|s| caps::Capability::from_str(s).is_ok());
                     if !known {
                         unknown.insert(n.as_str().unwrap_or("?").to_string());
                     }
@@ -167,13 +154,7 @@ mod tests {
     fn accepts_1x_and_drops_unknown_capabilities() {
         let (spec, unknown) = parse_config(minimal("1.0.2-dev").as_bytes()).ok().unwrap();
         assert_eq!(unknown, vec!["CAP_FUTURE_THING".to_string()]);
-        let caps = spec
-            .process()
-            .as_ref()
-            .unwrap()
-            .capabilities()
-            .as_ref()
-            .unwrap();
+        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 1);
     }
 
@@ -189,9 +170,6 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_error() {
-        assert!(matches!(
-            parse_config(b"{not json"),
-            Err(ParseError::Json(_))
-        ));
+        assert!(matches!(parse_config(b"{not json"), Err(ParseError::Json(_))));
     }
 }

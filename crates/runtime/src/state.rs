@@ -21,9 +21,7 @@ pub enum StateError {
     NotFound(String),
     #[error("Container {0} already exists")]
     Exists(String),
-    #[error(
-        "Invalid container id {0:?}: use letters, digits, '_', '-', '.', '+' and no leading '.'"
-    )]
+    #[error("Invalid container id {0:?}: use letters, digits, '_', '-', '.', '+' and no leading '.'")]
     BadId(String),
     #[error("Container {0} is still being created")]
     Creating(String),
@@ -275,11 +273,7 @@ impl ContainerRecord {
 
     /// The runtime-spec state document, with runc's extra fields that clients read.
     pub fn state_json(&self, status: Status) -> serde_json::Value {
-        let pid = if status == Status::Stopped {
-            0
-        } else {
-            self.pid
-        };
+        let pid = if status == Status::Stopped { 0 } else { self.pid };
         let annotations = self.spec.annotations().clone().unwrap_or_default();
         serde_json::json!({
             "ociVersion": crate::spec::OCI_VERSION,

@@ -86,9 +86,7 @@ impl DeviceRule {
     }
 
     /// Checks a list of OCI rules, dropping the ones that do not concern the device cgroup.
-    pub(crate) fn from_oci_list(
-        rules: &[LinuxDeviceCgroup],
-    ) -> Result<Vec<DeviceRule>, CgroupError> {
+    pub(crate) fn from_oci_list(rules: &[LinuxDeviceCgroup]) -> Result<Vec<DeviceRule>, CgroupError> {
         let mut out = Vec::with_capacity(rules.len());
         for r in rules {
             if let Some(rule) = DeviceRule::from_oci(r)? {
@@ -100,10 +98,7 @@ impl DeviceRule {
 
     /// Whether the rule matches every device and every access.
     pub(crate) fn is_total(&self) -> bool {
-        self.kind == DevKind::All
-            && self.major.is_none()
-            && self.minor.is_none()
-            && self.access == ACC_ALL
+        self.kind == DevKind::All && self.major.is_none() && self.minor.is_none() && self.access == ACC_ALL
     }
 
     /// The access string, in v1 order "rwm".
@@ -124,12 +119,7 @@ impl DeviceRule {
             return vec!["a".to_string()];
         }
         let num = |n: Option<u32>| n.map_or_else(|| "*".to_string(), |n| n.to_string());
-        let body = format!(
-            "{}:{} {}",
-            num(self.major),
-            num(self.minor),
-            self.access_string()
-        );
+        let body = format!("{}:{} {}", num(self.major), num(self.minor), self.access_string());
         match self.kind {
             DevKind::All => vec![format!("b {body}"), format!("c {body}")],
             DevKind::Block => vec![format!("b {body}")],
@@ -225,27 +215,15 @@ mod tests {
         assert!(r.is_total());
         assert_eq!(r.v1_entries(), ["a"]);
 
-        let r = DeviceRule::from_oci(&oci(
-            true,
-            Some(LinuxDeviceType::C),
-            Some(1),
-            Some(3),
-            Some("mr"),
-        ))
-        .unwrap()
-        .unwrap();
+        let r = DeviceRule::from_oci(&oci(true, Some(LinuxDeviceType::C), Some(1), Some(3), Some("mr")))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.access, ACC_READ | ACC_MKNOD);
         assert_eq!(r.v1_entries(), ["c 1:3 rm"]);
 
-        let r = DeviceRule::from_oci(&oci(
-            true,
-            Some(LinuxDeviceType::A),
-            Some(8),
-            None,
-            Some("r"),
-        ))
-        .unwrap()
-        .unwrap();
+        let r = DeviceRule::from_oci(&oci(true, Some(LinuxDeviceType::A), Some(8), None, Some("r")))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.v1_entries(), ["b 8:* r", "c 8:* r"]);
 
         let r = DeviceRule::from_oci(&oci(true, Some(LinuxDeviceType::U), None, None, Some("w")))
@@ -256,22 +234,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_rules_and_skips_fifos() {
-        assert!(DeviceRule::from_oci(&oci(
-            true,
-            Some(LinuxDeviceType::C),
-            Some(1),
-            Some(3),
-            Some("rx")
-        ))
-        .is_err());
-        assert!(DeviceRule::from_oci(&oci(
-            true,
-            Some(LinuxDeviceType::C),
-            Some(1 << 40),
-            None,
-            None
-        ))
-        .is_err());
+        assert!(
+            DeviceRule::from_oci(&oci(true, Some(LinuxDeviceType::C), Some(1), Some(3), Some("rx"))).is_err()
+        );
+        assert!(
+            DeviceRule::from_oci(&oci(true, Some(LinuxDeviceType::C), Some(1 << 40), None, None)).is_err()
+        );
         assert_eq!(
             DeviceRule::from_oci(&oci(true, Some(LinuxDeviceType::P), None, None, None)).unwrap(),
             None

@@ -151,9 +151,7 @@ mod tests {
         );
         let msg = e.to_string();
         assert!(
-            msg.starts_with(
-                "Failed to write '4096' to /sys/fs/cgroup/memory/x/memory.limit_in_bytes"
-            ),
+            msg.starts_with("Failed to write '4096' to /sys/fs/cgroup/memory/x/memory.limit_in_bytes"),
             "{msg}"
         );
         assert!(msg.contains("below the current usage"), "{msg}");

@@ -163,9 +163,7 @@ fn parse_mountinfo_line(line: &str) -> Option<CgroupMount> {
         let c: Vec<String> = super_options
             .split(',')
             .filter(|o| !o.is_empty())
-            .filter(|o| {
-                o.starts_with("name=") || (!o.contains('=') && !NON_CONTROLLER_OPTIONS.contains(o))
-            })
+            .filter(|o| o.starts_with("name=") || (!o.contains('=') && !NON_CONTROLLER_OPTIONS.contains(o)))
             .map(str::to_string)
             .collect();
         if c.is_empty() {
@@ -189,9 +187,7 @@ fn unescape(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') as u32 * 64
                 + (bytes[i + 2] - b'0') as u32 * 8
@@ -327,10 +323,7 @@ mod tests {
             vec!["hugetlb".to_string()]
         });
         let labels: Vec<String> = h.iter().map(Hierarchy::label).collect();
-        assert_eq!(
-            labels,
-            ["cpu", "cpuacct", "memory", "name=systemd", "unified"]
-        );
+        assert_eq!(labels, ["cpu", "cpuacct", "memory", "name=systemd", "unified"]);
         assert!(h[4].unified && h[4].has("hugetlb"));
         assert_eq!(Layout::of(&h).unwrap(), Layout::Hybrid);
     }
@@ -357,9 +350,7 @@ mod tests {
 
     #[test]
     fn pure_v2_mountinfo() {
-        let h = build_hierarchies(&parse_mountinfo(PURE_V2), |_| {
-            vec!["cpu".into(), "memory".into()]
-        });
+        let h = build_hierarchies(&parse_mountinfo(PURE_V2), |_| vec!["cpu".into(), "memory".into()]);
         assert_eq!(h.len(), 1);
         assert!(h[0].unified);
         assert_eq!(h[0].mount_point, Path::new("/sys/fs/cgroup"));
@@ -384,9 +375,8 @@ mod tests {
 
     #[test]
     fn proc_cgroup_matches_hierarchies() {
-        let entries = parse_proc_cgroup(
-            "9:name=systemd:/init.scope\n4:memory:/a/b\n3:cpuacct,cpu:/c\n0::/u\n",
-        );
+        let entries =
+            parse_proc_cgroup("9:name=systemd:/init.scope\n4:memory:/a/b\n3:cpuacct,cpu:/c\n0::/u\n");
         let h = |c: &[&str], unified| Hierarchy {
             mount_point: "/x".into(),
             root: "/".into(),

@@ -38,8 +38,8 @@ pub use device_rules::default_device_rules;
 pub use error::CgroupError;
 pub use layout::{hierarchies, layout, Hierarchy, Layout};
 pub use stats::{
-    BlkioEntry, BlkioStats, CpuStats, CpuUsage, CpusetStats, HugetlbStats, IntelRdtStats,
-    MemoryEntry, MemoryStats, NetworkInterface, PidsStats, Stats, Throttling,
+    BlkioEntry, BlkioStats, CpuStats, CpuUsage, CpusetStats, HugetlbStats, IntelRdtStats, MemoryEntry,
+    MemoryStats, NetworkInterface, PidsStats, Stats, Throttling,
 };
 pub use v2::cpu::{shares_to_weight, weight_to_shares};
 pub use v2::io::blkio_weight_to_io_weight;
@@ -83,11 +83,7 @@ impl Cgroup {
     /// Resolves `linux.cgroupsPath` (absolute, relative to the runtime's own cgroup, or systemd's
     /// `slice:prefix:name`; `/vessel/<id>` when absent) for container `id` in every mounted hierarchy. Reads
     /// /proc only; changes nothing.
-    pub fn resolve(
-        cgroups_path: Option<&Path>,
-        id: &str,
-        systemd: bool,
-    ) -> Result<Cgroup, CgroupError> {
+    pub fn resolve(cgroups_path: Option<&Path>, id: &str, systemd: bool) -> Result<Cgroup, CgroupError> {
         let requested = path::resolve_path(cgroups_path, id, systemd)?;
         let own = match requested {
             CgroupPath::Relative(_) => {
@@ -117,11 +113,9 @@ impl Cgroup {
             let path = match requested {
                 CgroupPath::Absolute(p) => h.mount_point.join(p.strip_prefix("/").unwrap_or(p)),
                 CgroupPath::Relative(rel) => {
-                    let own = layout::own_cgroup(own, h).ok_or_else(|| {
-                        CgroupError::OwnCgroupUnknown {
-                            path: name.clone(),
-                            hierarchy: h.label(),
-                        }
+                    let own = layout::own_cgroup(own, h).ok_or_else(|| CgroupError::OwnCgroupUnknown {
+                        path: name.clone(),
+                        hierarchy: h.label(),
                     })?;
                     // /proc/self/cgroup is relative to the hierarchy root; the mount may show a sub-cgroup.
                     let below_mount = own
@@ -153,10 +147,7 @@ impl Cgroup {
 
     /// The container's directory in the unified (v2) hierarchy, if the host has one.
     pub fn unified_dir(&self) -> Option<&Path> {
-        self.dirs
-            .iter()
-            .find(|d| d.unified)
-            .map(|d| d.path.as_path())
+        self.dirs.iter().find(|d| d.unified).map(|d| d.path.as_path())
     }
 
     /// The container's directory in the v1 hierarchy that carries `controller` ("memory", "name=systemd").
@@ -192,15 +183,14 @@ impl Cgroup {
     }
 
     fn require(&self, v1: &str, v2: &str, setting: &str) -> Result<Place<'_>, CgroupError> {
-        self.place(v1, v2)
-            .ok_or_else(|| CgroupError::ControllerMissing {
-                setting: setting.to_string(),
-                controller: if self.layout() == Layout::V2 {
-                    v2.to_string()
-                } else {
-                    v1.to_string()
-                },
-            })
+        self.place(v1, v2).ok_or_else(|| CgroupError::ControllerMissing {
+            setting: setting.to_string(),
+            controller: if self.layout() == Layout::V2 {
+                v2.to_string()
+            } else {
+                v1.to_string()
+            },
+        })
     }
 
     /// Creates the directory in every hierarchy (with missing parents). On v1 the cpuset cpus/mems are copied
@@ -320,13 +310,10 @@ impl Cgroup {
 
     /// The directory of a v1-only controller (net_cls, net_prio).
     fn v1_only(&self, controller: &str, setting: &str) -> Result<&Path, CgroupError> {
-        self.v1_dir(controller)
-            .ok_or_else(|| CgroupError::Unsupported {
-                setting: setting.to_string(),
-                reason: format!(
-                    "the {controller} controller is not mounted (it exists on cgroup v1 only)"
-                ),
-            })
+        self.v1_dir(controller).ok_or_else(|| CgroupError::Unsupported {
+            setting: setting.to_string(),
+            reason: format!("the {controller} controller is not mounted (it exists on cgroup v1 only)"),
+        })
     }
 
     /// Moves process `pid` into the cgroup in every hierarchy.
@@ -480,12 +467,7 @@ fn mkdir_p(mount_point: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> Result
         match std::fs::create_dir(&current) {
             Ok(()) => created.push(current.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(cause) => {
-                return Err(CgroupError::Mkdir {
-                    path: current,
-                    cause,
-                })
-            }
+            Err(cause) => return Err(CgroupError::Mkdir { path: current, cause }),
         }
     }
     Ok(())
@@ -542,10 +524,7 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY)
-                    && start.elapsed() < RMDIR_BUSY_TIMEOUT =>
-            {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < RMDIR_BUSY_TIMEOUT => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
             }

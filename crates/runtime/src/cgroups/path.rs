@@ -100,11 +100,7 @@ fn systemd_path(s: &str) -> Result<CgroupPath, CgroupError> {
             "the systemd form slice:prefix:name cannot contain '/'",
         ));
     }
-    let slice = if slice.is_empty() {
-        DEFAULT_SLICE
-    } else {
-        slice
-    };
+    let slice = if slice.is_empty() { DEFAULT_SLICE } else { slice };
     let parent = expand_slice(slice).map_err(|reason| invalid(s, &reason))?;
     let unit_path = if name.ends_with(".slice") {
         // A slice names its own place in the tree, whatever the parent.
@@ -233,10 +229,7 @@ mod tests {
             resolve(Some("system.slice::x"), true).unwrap(),
             abs("/system.slice/x.scope")
         );
-        assert_eq!(
-            resolve(Some("-.slice:p:x"), true).unwrap(),
-            abs("/p-x.scope")
-        );
+        assert_eq!(resolve(Some("-.slice:p:x"), true).unwrap(), abs("/p-x.scope"));
         assert_eq!(
             resolve(Some("system.slice:p:a-b.slice"), true).unwrap(),
             abs("/a.slice/a-b.slice")

@@ -128,11 +128,7 @@ pub struct BlkioStats {
     pub io_service_bytes_recursive: Vec<BlkioEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub io_serviced_recursive: Vec<BlkioEntry>,
-    #[serde(
-        default,
-        rename = "ioQueueRecursive",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, rename = "ioQueueRecursive", skip_serializing_if = "Vec::is_empty")]
     pub io_queued_recursive: Vec<BlkioEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub io_service_time_recursive: Vec<BlkioEntry>,
@@ -195,10 +191,7 @@ mod tests {
             v["cpu"]["usage"],
             serde_json::json!({"total": 5, "kernel": 0, "user": 0})
         );
-        assert_eq!(
-            v["cpu"]["throttling"],
-            serde_json::json!({"throttledPeriods": 2})
-        );
+        assert_eq!(v["cpu"]["throttling"], serde_json::json!({"throttledPeriods": 2}));
         assert_eq!(
             v["memory"]["usage"],
             serde_json::json!({"limit": 10, "failcnt": 0})

@@ -32,8 +32,7 @@ impl TestCgroup {
         require_root("creating cgroups");
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let path = format!("/vessel-test-{}-{n}", std::process::id());
-        let cg = Cgroup::resolve(Some(Path::new(&path)), "unused", false)
-            .expect("resolve the test cgroup");
+        let cg = Cgroup::resolve(Some(Path::new(&path)), "unused", false).expect("resolve the test cgroup");
         // Construct the guard first so that a half-done create is cleaned up too.
         let guard = TestCgroup { cg };
         guard
@@ -87,11 +86,7 @@ impl Gated {
             .expect("spawn sh");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Gated {
-            child,
-            stdin,
-            stdout,
-        }
+        Gated { child, stdin, stdout }
     }
 
     pub(crate) fn pid(&self) -> i32 {

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNetworkBuilder,
-    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxBlockIoBuilder, LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNetworkBuilder, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder,
 };
 
 use super::device_rules::{DevKind, DeviceRule, ACC_ALL, ACC_READ};
@@ -125,10 +125,7 @@ fn relative_path_without_own_entry_is_an_error() {
     let e = Cgroup::place_in(&CgroupPath::Relative("c1".into()), &hybrid(), &own)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.starts_with("Cannot resolve relative cgroups path 'c1'"),
-        "{e}"
-    );
+    assert!(e.starts_with("Cannot resolve relative cgroups path 'c1'"), "{e}");
     assert!(e.contains("cpu,cpuacct"), "{e}");
 }
 
@@ -147,10 +144,7 @@ fn controllers_are_found_on_v1_first_then_on_the_unified_hierarchy() {
         cg.v1_dir("name=systemd"),
         Some(Path::new("/sys/fs/cgroup/systemd/x"))
     );
-    assert_eq!(
-        cg.unified_dir(),
-        Some(Path::new("/sys/fs/cgroup/unified/x"))
-    );
+    assert_eq!(cg.unified_dir(), Some(Path::new("/sys/fs/cgroup/unified/x")));
 }
 
 #[test]
@@ -165,28 +159,21 @@ fn cgroup_round_trips_through_json() {
 fn settings_without_a_controller_are_clear_errors() {
     // Nothing is written before these checks fail, so fake mount points are fine.
     let cg = Cgroup::place_in(&CgroupPath::Absolute("/x".into()), &hybrid(), &[]).unwrap();
-    let net = LinuxNetworkBuilder::default()
-        .class_id(7u32)
-        .build()
-        .unwrap();
-    let e = cg
-        .apply(&resources(|b| b.network(net)))
-        .unwrap_err()
-        .to_string();
+    let net = LinuxNetworkBuilder::default().class_id(7u32).build().unwrap();
+    let e = cg.apply(&resources(|b| b.network(net))).unwrap_err().to_string();
     assert_eq!(e, "Cannot apply linux.resources.network.classID: the net_cls controller is not mounted (it exists on cgroup v1 only)");
 
     let pids = LinuxPidsBuilder::default().limit(10).build().unwrap();
-    let e = cg
-        .apply(&resources(|b| b.pids(pids)))
-        .unwrap_err()
-        .to_string();
-    assert_eq!(e, "Cannot apply linux.resources.pids: the cgroup controller 'pids' is not available on this host");
+    let e = cg.apply(&resources(|b| b.pids(pids))).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "Cannot apply linux.resources.pids: the cgroup controller 'pids' is not available on this host"
+    );
     // "No limit" needs no controller.
     let no_limit = LinuxPidsBuilder::default().limit(-1).build().unwrap();
     cg.apply(&resources(|b| b.pids(no_limit))).unwrap();
 
-    let v1_only =
-        Cgroup::place_in(&CgroupPath::Absolute("/x".into()), &hybrid()[..3], &[]).unwrap();
+    let v1_only = Cgroup::place_in(&CgroupPath::Absolute("/x".into()), &hybrid()[..3], &[]).unwrap();
     let unified = HashMap::from([("memory.max".to_string(), "1".to_string())]);
     let e = v1_only
         .apply(&resources(|b| b.unified(unified)))
@@ -228,12 +215,8 @@ fn detected_hierarchies_agree_with_proc_cgroups() {
             h.mount_point.display()
         );
         if h.unified {
-            let offered =
-                std::fs::read_to_string(h.mount_point.join("cgroup.controllers")).unwrap();
-            assert_eq!(
-                h.controllers,
-                offered.split_whitespace().collect::<Vec<_>>()
-            );
+            let offered = std::fs::read_to_string(h.mount_point.join("cgroup.controllers")).unwrap();
+            assert_eq!(h.controllers, offered.split_whitespace().collect::<Vec<_>>());
             for c in &h.controllers {
                 assert!(
                     !hs.iter().any(|o| !o.unified && o.has(c)),
@@ -329,15 +312,12 @@ fn lifecycle_on_this_host() {
     let swap_accounting = mem_dir.join(swap_file).exists();
     let huge_2mb = Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists();
     let blkio_weight_file = match cg.place("blkio", "io") {
-        Some(Place::V1(d)) | Some(Place::V2(d)) => [
-            "blkio.weight",
-            "blkio.bfq.weight",
-            "io.bfq.weight",
-            "io.weight",
-        ]
-        .into_iter()
-        .find(|f| d.join(f).exists())
-        .map(|f| (d.to_path_buf(), f)),
+        Some(Place::V1(d)) | Some(Place::V2(d)) => {
+            ["blkio.weight", "blkio.bfq.weight", "io.bfq.weight", "io.weight"]
+                .into_iter()
+                .find(|f| d.join(f).exists())
+                .map(|f| (d.to_path_buf(), f))
+        }
         None => None,
     };
 
@@ -368,12 +348,7 @@ fn lifecycle_on_this_host() {
             )
             .devices(devices);
         if blkio_weight_file.is_some() {
-            b = b.block_io(
-                LinuxBlockIoBuilder::default()
-                    .weight(500u16)
-                    .build()
-                    .unwrap(),
-            );
+            b = b.block_io(LinuxBlockIoBuilder::default().weight(500u16).build().unwrap());
         }
         if huge_2mb {
             let limit = LinuxHugepageLimitBuilder::default()
@@ -388,11 +363,7 @@ fn lifecycle_on_this_host() {
     cg.apply(&r).unwrap_or_else(|e| panic!("apply: {e}"));
 
     // Read everything back from the files.
-    let (d, f) = file_for(
-        cg,
-        ("memory", "memory.limit_in_bytes"),
-        ("memory", "memory.max"),
-    );
+    let (d, f) = file_for(cg, ("memory", "memory.limit_in_bytes"), ("memory", "memory.max"));
     assert_eq!(read(&d, f), (64 * MIB).to_string());
     if swap_accounting {
         let expected = if swap_file == "memory.swap.max" {
@@ -432,11 +403,7 @@ fn lifecycle_on_this_host() {
         } else {
             500
         };
-        assert!(
-            read(d, f).contains(&expected.to_string()),
-            "{f}: {}",
-            read(d, f)
-        );
+        assert!(read(d, f).contains(&expected.to_string()), "{f}: {}", read(d, f));
     }
     if huge_2mb {
         let (d, f) = file_for(
@@ -461,26 +428,16 @@ fn lifecycle_on_this_host() {
     match cg.v1_dir("devices") {
         Some(d) => {
             let list = read(d, "devices.list");
-            assert!(
-                list.lines().any(|l| l == "c 1:3 rwm"),
-                "devices.list: {list}"
-            );
-            assert!(
-                !list.lines().any(|l| l == "a *:* rwm"),
-                "devices.list: {list}"
-            );
+            assert!(list.lines().any(|l| l == "c 1:3 rwm"), "devices.list: {list}");
+            assert!(!list.lines().any(|l| l == "a *:* rwm"), "devices.list: {list}");
         }
-        None => assert_eq!(
-            v2_devices::attached_count(cg.unified_dir().unwrap()).unwrap(),
-            1
-        ),
+        None => assert_eq!(v2_devices::attached_count(cg.unified_dir().unwrap()).unwrap(), 1),
     }
 
     // A real process.
     let mut child = Gated::spawn("echo started; exec sleep 1000");
     let pid = child.pid();
-    cg.add_process(pid)
-        .unwrap_or_else(|e| panic!("add_process: {e}"));
+    cg.add_process(pid).unwrap_or_else(|e| panic!("add_process: {e}"));
     child.go();
     assert_eq!(child.line(), "started");
     assert_eq!(cg.pids().unwrap(), vec![pid]);
@@ -489,11 +446,7 @@ fn lifecycle_on_this_host() {
         .iter()
         .filter(|e| e.path == Path::new(cg.name()))
         .count();
-    assert_eq!(
-        inside,
-        cg.dirs().len(),
-        "/proc/{pid}/cgroup:\n{proc_cgroup}"
-    );
+    assert_eq!(inside, cg.dirs().len(), "/proc/{pid}/cgroup:\n{proc_cgroup}");
 
     cg.freeze().unwrap_or_else(|e| panic!("freeze: {e}"));
     assert!(cg.is_frozen().unwrap());
@@ -555,13 +508,7 @@ fn memory_limit_below_usage_names_file_and_value() {
     let limit = resources(|b| b.memory(LinuxMemoryBuilder::default().limit(MIB).build().unwrap()));
     let result = t.cg.apply(&limit);
     match t.cg.place("memory", "memory").unwrap() {
-        Place::V1(d)
-            if std::fs::read_to_string("/proc/swaps")
-                .unwrap()
-                .lines()
-                .count()
-                <= 1 =>
-        {
+        Place::V1(d) if std::fs::read_to_string("/proc/swaps").unwrap().lines().count() <= 1 => {
             let e = result.expect_err("the kernel must refuse a limit below unreclaimable usage");
             let msg = e.to_string();
             assert_eq!(e.errno(), Some(libc::EBUSY), "{msg}");
@@ -585,16 +532,10 @@ fn value_refused_by_the_kernel_names_file_and_value() {
         .cpus("4095".to_string())
         .build()
         .unwrap();
-    let e =
-        t.cg.apply(&resources(|b| b.cpu(cpu)))
-            .unwrap_err()
-            .to_string();
+    let e = t.cg.apply(&resources(|b| b.cpu(cpu))).unwrap_err().to_string();
     let (d, f) = file_for(&t.cg, ("cpuset", "cpuset.cpus"), ("cpuset", "cpuset.cpus"));
     assert!(
-        e.starts_with(&format!(
-            "Failed to write '4095' to {}: ",
-            d.join(f).display()
-        )),
+        e.starts_with(&format!("Failed to write '4095' to {}: ", d.join(f).display())),
         "{e}"
     );
     assert!(e.contains("out of"), "{e}");
@@ -659,10 +600,7 @@ fn unified_keys_are_written_or_refused_clearly() {
             .unwrap_err()
             .to_string();
     assert!(
-        e.contains(&format!(
-            "{} does not exist",
-            dir.join("nosuch.file").display()
-        )),
+        e.contains(&format!("{} does not exist", dir.join("nosuch.file").display())),
         "{e}"
     );
 
@@ -670,10 +608,7 @@ fn unified_keys_are_written_or_refused_clearly() {
         ("pids.max".to_string(), "7".to_string()),
         ("hugetlb.2MB.max".to_string(), "2097152".to_string()),
     ]);
-    let ok: HashMap<String, String> = ok
-        .into_iter()
-        .filter(|(k, _)| dir.join(k).exists())
-        .collect();
+    let ok: HashMap<String, String> = ok.into_iter().filter(|(k, _)| dir.join(k).exists()).collect();
     t.cg.apply(&resources(|b| b.unified(ok.clone()))).unwrap();
     for (k, v) in &ok {
         assert_eq!(&read(&dir, k), v);

@@ -106,13 +106,7 @@ fn rule_block(rule: &DeviceRule) -> Vec<Insn> {
     }
     let access = i32::from(rule.access);
     if rule.allow {
-        b.push(insn(
-            ALU32_AND_K,
-            R3,
-            0,
-            0,
-            i32::from(!rule.access & ACC_ALL),
-        )); // grant this rule's bits
+        b.push(insn(ALU32_AND_K, R3, 0, 0, i32::from(!rule.access & ACC_ALL))); // grant this rule's bits
         b.push(insn(JMP_JNE_K, R3, 0, NEXT, 0)); // some bits still wanted: ask earlier rules
         b.push(insn(ALU64_MOV_K, R0, 0, 0, 1));
     } else {
@@ -197,8 +191,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, exclusively borrowed #[repr(C)] prefix of `union bpf_attr` for `cmd`, and its exact
     // size is passed, so the kernel reads and writes only inside it; pointers stored in it (instructions, license,
     // log buffer, id array) are kept alive by the callers for the duration of this call.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -237,9 +230,7 @@ pub(crate) fn load(insns: &[Insn], target: &Path) -> Result<OwnedFd, CgroupError
                 return Ok(owned_fd(fd));
             }
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end])
-                .trim()
-                .replace('\n', "; ");
+            let text = String::from_utf8_lossy(&log[..end]).trim().replace('\n', "; ");
             let log = if text.is_empty() {
                 String::new()
             } else {
@@ -283,9 +274,7 @@ fn query(cgroup: &File, dir: &Path) -> Result<Vec<u32>, CgroupError> {
                 ids.truncate(attr.prog_cnt as usize);
                 return Ok(ids);
             }
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOSPC) && attr.prog_cnt as usize > ids.len() =>
-            {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.prog_cnt as usize > ids.len() => {
                 ids = vec![0; attr.prog_cnt as usize];
             }
             Err(cause) => {

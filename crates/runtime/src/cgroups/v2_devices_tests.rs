@@ -68,13 +68,7 @@ fn reference(rules: &[DeviceRule], dev_type: u32, access: u32, major: u32, minor
     1
 }
 
-fn rule(
-    allow: bool,
-    kind: DevKind,
-    major: Option<u32>,
-    minor: Option<u32>,
-    access: u8,
-) -> DeviceRule {
+fn rule(allow: bool, kind: DevKind, major: Option<u32>, minor: Option<u32>, access: u8) -> DeviceRule {
     DeviceRule {
         allow,
         kind,
@@ -110,13 +104,7 @@ fn empty_rule_list_denies_everything() {
 
 #[test]
 fn exact_instructions_for_one_char_rule() {
-    let prog = compile(&[rule(
-        true,
-        DevKind::Char,
-        Some(1),
-        Some(3),
-        ACC_READ | ACC_WRITE,
-    )]);
+    let prog = compile(&[rule(true, DevKind::Char, Some(1), Some(3), ACC_READ | ACC_WRITE)]);
     let expected = [
         insn(LDX_MEM_W, R2, R1, 0, 0),
         insn(ALU32_AND_K, R2, 0, 0, 0xffff),

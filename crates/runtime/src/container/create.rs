@@ -12,8 +12,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxResources,
-    Spec,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxResources, Spec,
 };
 
 use super::init::{self, InitContext};
@@ -79,16 +78,13 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<ContainerRecord, Con
     }
     let linux = spec.linux().clone().unwrap_or_default();
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or(&[]))?;
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
-        && !plan.has(LinuxNamespaceType::Uts)
-    {
+    super::validate::linux(&linux, &plan)?;
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !plan.has(LinuxNamespaceType::Uts) {
         return Err(ContainerError::Config(
             "hostname is set but the container has no UTS namespace".into(),
         ));
     }
-    if plan.creates(LinuxNamespaceType::User)
-        && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
-    {
+    if plan.creates(LinuxNamespaceType::User) && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
         return Err(ContainerError::Config(
             "a new user namespace needs linux.uidMappings and gidMappings".into(),
         ));
@@ -120,6 +116,14 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<ContainerRecord, Con
     let fifo = state_dir.fifo_path();
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
         .map_err(ContainerError::os(format!("create {}", fifo.display())))?;
+    // Writable by anyone (not subject to our umask): the init may run as an unmapped user in a user namespace.
+    nix::sys::stat::fchmodat(
+        None,
+        &fifo,
+        Mode::from_bits_truncate(0o622),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(ContainerError::os(format!("chmod {}", fifo.display())))?;
 
     let listen_fds = std::env::var("LISTEN_FDS")
         .ok()
@@ -198,9 +202,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<ContainerRecord, Con
                 rollback.pid = Some(pid);
             }
             Some(Message::RunCreateRuntimeHooks) => {
-                let state = record_base(init_pid)
-                    .state_json(Status::Creating)
-                    .to_string();
+                let state = record_base(init_pid).state_json(Status::Creating).to_string();
                 run_create_runtime_hooks(spec, &state)?;
                 parent_end.send(&Message::CreateRuntimeHooksDone(state))?;
             }
@@ -303,10 +305,7 @@ fn write_id_maps(
 
 /// clone(2) with namespace flags, fork-style (the child runs on a copy of our stack). The child runs `f` and
 /// never returns here.
-pub(super) fn clone_child<F: FnOnce() -> i32>(
-    flags: CloneFlags,
-    f: F,
-) -> Result<i32, ContainerError> {
+pub(super) fn clone_child<F: FnOnce() -> i32>(flags: CloneFlags, f: F) -> Result<i32, ContainerError> {
     // SAFETY: with no CLONE_VM and a NULL stack, clone behaves like fork: the child gets a private copy of the
     // address space. This process is single-threaded, so no lock can be held by a thread that the child lacks.
     let ret = unsafe {

@@ -19,9 +19,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), ContainerError>
     let record = match sd.load() {
         Ok(r) => r,
         // A create that died before writing its record left only the directory: nothing else to undo.
-        Err(StateError::Creating(_)) | Err(StateError::Corrupt { .. }) if force => {
-            return Ok(sd.remove()?)
-        }
+        Err(StateError::Creating(_)) | Err(StateError::Corrupt { .. }) if force => return Ok(sd.remove()?),
         Err(e) => return Err(e.into()),
     };
     let status = record.status(&sd);

@@ -60,14 +60,9 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
         .transpose()?;
     let namespaces = container_namespaces(&record.spec, record.pid)?;
     // Joining the pid namespace affects only children: do it here, so the one child we fork is inside.
-    if let Some(pid_ns) = namespaces
-        .iter()
-        .find(|j| j.kind == LinuxNamespaceType::Pid)
-    {
-        setns(&pid_ns.file, CloneFlags::CLONE_NEWPID).map_err(ContainerError::os(format!(
-            "join {}",
-            pid_ns.path.display()
-        )))?;
+    if let Some(pid_ns) = namespaces.iter().find(|j| j.kind == LinuxNamespaceType::Pid) {
+        setns(&pid_ns.file, CloneFlags::CLONE_NEWPID)
+            .map_err(ContainerError::os(format!("join {}", pid_ns.path.display())))?;
     }
     let linux = record.spec.linux().clone().unwrap_or_default();
     let (parent_end, child_end) = channel::pair()?;
@@ -126,10 +121,7 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
 }
 
 /// The namespaces of the container's init that differ from ours, user first and mount last.
-fn container_namespaces(
-    spec: &oci_spec::runtime::Spec,
-    pid: i32,
-) -> Result<Vec<Joined>, ContainerError> {
+fn container_namespaces(spec: &oci_spec::runtime::Spec, pid: i32) -> Result<Vec<Joined>, ContainerError> {
     let mut out = Vec::new();
     let list = spec
         .linux()
@@ -168,10 +160,7 @@ fn child_main(
         channel
             .expect(Message::Proceed, "the parent's go-ahead")
             .map_err(|e| e.to_string())?;
-        for j in namespaces
-            .iter()
-            .filter(|j| j.kind != LinuxNamespaceType::Pid)
-        {
+        for j in namespaces.iter().filter(|j| j.kind != LinuxNamespaceType::Pid) {
             setns(&j.file, clone_flag(j.kind))
                 .map_err(|e| format!("Cannot join {}: {e}", j.path.display()))?;
         }

@@ -35,11 +35,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<ContainerSummary>, ContainerError> {
         let Ok(record) = sd.load() else { continue };
         let status = record.status(&sd);
         out.push(ContainerSummary {
-            pid: if status == Status::Stopped {
-                0
-            } else {
-                record.pid
-            },
+            pid: if status == Status::Stopped { 0 } else { record.pid },
             status: status.to_string(),
             bundle: record.bundle.display().to_string(),
             created: record.created.clone(),

@@ -163,16 +163,13 @@ fn continue_as_init(ctx: &InitContext) -> Result<Stage, String> {
             .is_some_and(|s| s.listener_path().is_some());
     let mut state = String::new();
     if wants_state {
-        ctx.channel
-            .send(&Message::RunCreateRuntimeHooks)
-            .map_err(err)?;
+        ctx.channel.send(&Message::RunCreateRuntimeHooks).map_err(err)?;
         state = match ctx.channel.recv().map_err(err)? {
             Some(Message::CreateRuntimeHooksDone(s)) => s,
             Some(Message::Failed(e)) => return Err(e),
             other => return Err(format!("Unexpected message from the runtime: {other:?}")),
         };
-        hooks::run_all("createContainer", hooks.create_container().as_ref(), &state)
-            .map_err(err)?;
+        hooks::run_all("createContainer", hooks.create_container().as_ref(), &state).map_err(err)?;
     }
     // Held from before the root switch: the fifo lives in the runtime's state directory on the host.
     let fifo = open(ctx.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
@@ -211,14 +208,15 @@ fn continue_as_init(ctx: &InitContext) -> Result<Stage, String> {
     finisher.change_dir().map_err(err)?;
     ctx.channel.send(&Message::Ready).map_err(err)?;
 
-    wait_for_start(&fifo)?;
+    let mut start = wait_for_start(&fifo)?;
     let running_state = state.replace("\"status\":\"creating\"", "\"status\":\"running\"");
-    hooks::run_all(
-        "startContainer",
-        hooks.start_container().as_ref(),
-        &running_state,
-    )
-    .map_err(|e| report_late(&e.to_string()))?;
+    hooks::run_all("startContainer", hooks.start_container().as_ref(), &running_state)
+        .map_err(|e| report_late(&e.to_string()))?;
+    // `start` returns (and runs poststart hooks) once it reads this byte: after the startContainer hooks.
+    start
+        .write_all(b"0")
+        .map_err(|e| report_late(&format!("Cannot write the exec fifo: {e}")))?;
+    drop(start);
     Ok(Stage::Started(Box::new(finisher), running_state))
 }
 
@@ -229,16 +227,15 @@ fn report_late(msg: &str) -> String {
     unsafe { libc::_exit(1) }
 }
 
-/// Block until `start` opens the fifo for reading, then tell it we are going.
-fn wait_for_start(fifo: &OwnedFd) -> Result<(), String> {
+/// Block until `start` opens the fifo for reading.
+fn wait_for_start(fifo: &OwnedFd) -> Result<std::fs::File, String> {
     let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-    let mut w = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|e| report_late(&format!("Cannot open the exec fifo: {e}")))?;
-    w.write_all(b"0")
-        .map_err(|e| report_late(&format!("Cannot write the exec fifo: {e}")))?;
-    Ok(())
+    // While we are non-dumpable our /proc/self/fd belongs to the host's root, which root in a user namespace
+    // may not open: be dumpable just for this open (our binary is on a read-only mount in any case).
+    crate::sealed_exe::set_dumpable(true);
+    let opened = OpenOptions::new().write(true).open(&path);
+    crate::sealed_exe::set_dumpable(false);
+    opened.map_err(|e| report_late(&format!("Cannot open the exec fifo: {e}")))
 }
 
 fn set_names(spec: &Spec) -> Result<(), String> {
@@ -249,10 +246,7 @@ fn set_names(spec: &Spec) -> Result<(), String> {
         // SAFETY: the pointer and length describe the bytes of a live &str.
         let r = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
         if r != 0 {
-            return Err(format!(
-                "Cannot set domainname {d:?}: {}",
-                nix::Error::last()
-            ));
+            return Err(format!("Cannot set domainname {d:?}: {}", nix::Error::last()));
         }
     }
     Ok(())
@@ -273,11 +267,7 @@ fn write_sysctls(spec: &Spec) -> Result<(), String> {
 }
 
 fn write_time_offsets(spec: &Spec) -> Result<(), String> {
-    let Some(offsets) = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.time_offsets().as_ref())
-    else {
+    let Some(offsets) = spec.linux().as_ref().and_then(|l| l.time_offsets().as_ref()) else {
         return Ok(());
     };
     let mut text = String::new();

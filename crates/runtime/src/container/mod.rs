@@ -9,6 +9,7 @@ mod kill;
 mod pause;
 mod start;
 mod update;
+mod validate;
 
 use std::path::PathBuf;
 
@@ -78,10 +79,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(root: PathBuf, systemd_cgroup: bool) -> Runtime {
-        Runtime {
-            root,
-            systemd_cgroup,
-        }
+        Runtime { root, systemd_cgroup }
     }
 
     fn open(&self, id: &str, locked: bool) -> Result<StateDir, ContainerError> {

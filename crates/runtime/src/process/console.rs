@@ -16,10 +16,7 @@ pub enum ConsoleError {
     #[error("Cannot send the terminal to the console socket: {0}")]
     Send(nix::Error),
     #[error("Cannot make the terminal the process's {what}: {source}")]
-    Setup {
-        what: &'static str,
-        source: nix::Error,
-    },
+    Setup { what: &'static str, source: nix::Error },
 }
 
 pub fn open(size: Option<(u16, u16)>) -> Result<(OwnedFd, OwnedFd), ConsoleError> {

@@ -39,9 +39,7 @@ pub fn find_program(arg0: &str, env: &[String]) -> Result<PathBuf, ExecError> {
         .ok_or_else(|| ExecError::NotFound(arg0.to_string()))
 }
 
-fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
-    items: I,
-) -> Result<Vec<CString>, ExecError> {
+fn cstrings<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(items: I) -> Result<Vec<CString>, ExecError> {
     items
         .into_iter()
         .map(|s| CString::new(s.as_ref().as_bytes()).map_err(|_| ExecError::Nul))

@@ -156,12 +156,7 @@ impl Finisher {
         if let Some(filter) = self.filter.take() {
             if let Some(fd) = filter.load()? {
                 if let Some((listener, metadata)) = &self.notify_listener {
-                    seccomp::send_notify_fd(
-                        Path::new(listener),
-                        &fd,
-                        state_json.as_bytes(),
-                        metadata,
-                    )?;
+                    seccomp::send_notify_fd(Path::new(listener), &fd, state_json.as_bytes(), metadata)?;
                 }
             }
         }
@@ -188,10 +183,7 @@ pub fn close_other_fds(first: i32) {
                 .filter_map(|e| e.file_name().to_str()?.parse().ok())
                 .collect();
             for fd in fds.into_iter().filter(|fd| *fd >= first) {
-                let _ = nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                );
+                let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
             }
         }
     }

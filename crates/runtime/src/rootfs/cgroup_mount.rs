@@ -65,10 +65,7 @@ pub fn host_hierarchies() -> Result<Vec<HostHierarchy>, RootfsError> {
             _ => continue,
         };
         // The same hierarchy can be mounted twice; the first mount wins.
-        if !out
-            .iter()
-            .any(|o| o.v2 == h.v2 && o.controllers == h.controllers)
-        {
+        if !out.iter().any(|o| o.v2 == h.v2 && o.controllers == h.controllers) {
             out.push(h);
         }
     }
@@ -99,8 +96,8 @@ pub fn mount_cgroups(
     new_cgroup_ns: bool,
 ) -> Result<(), RootfsError> {
     let hierarchies = host_hierarchies()?;
-    let base_flags = opts.flags
-        & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
+    let base_flags =
+        opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
     let readonly = opts.flags.contains(MsFlags::MS_RDONLY);
     let only_v2 = hierarchies.iter().all(|h| h.v2);
     if only_v2 {
@@ -134,14 +131,7 @@ pub fn mount_cgroups(
             continue;
         }
         let name = h.mount_point.file_name().unwrap_or_default();
-        mount_one(
-            root,
-            &dest.join(name),
-            h,
-            base_flags,
-            readonly,
-            new_cgroup_ns,
-        )?;
+        mount_one(root, &dest.join(name), h, base_flags, readonly, new_cgroup_ns)?;
     }
     // Co-mounted controllers are reached through symlinks on the host (cpu -> cpu,cpuacct): the same inside.
     if let Ok(entries) = std::fs::read_dir(host_root) {
@@ -199,14 +189,8 @@ fn mount_one(
             ("cgroup", h.controllers.clone())
         };
         let data = (!data.is_empty()).then_some(data.as_str());
-        return mount(
-            Some(fstype),
-            &fd_path(&target),
-            Some(fstype),
-            flags | ro,
-            data,
-        )
-        .map_err(|e| RootfsError::mount(fstype, Path::new(fstype), dest, e));
+        return mount(Some(fstype), &fd_path(&target), Some(fstype), flags | ro, data)
+            .map_err(|e| RootfsError::mount(fstype, Path::new(fstype), dest, e));
     }
     let rel = own_path(&h.controllers).unwrap_or_else(|| "/".into());
     let source = h.mount_point.join(rel.trim_start_matches('/'));
@@ -228,10 +212,7 @@ mod tests {
     #[test]
     fn this_host_has_cgroup_hierarchies() {
         let hs = host_hierarchies().unwrap();
-        assert!(
-            !hs.is_empty(),
-            "no cgroup mounts found in /proc/self/mountinfo"
-        );
+        assert!(!hs.is_empty(), "no cgroup mounts found in /proc/self/mountinfo");
         for h in hs.iter().filter(|h| !h.v2) {
             assert!(
                 !h.controllers.is_empty(),

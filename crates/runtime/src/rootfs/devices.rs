@@ -78,9 +78,10 @@ pub fn create(root: &RootDir, dev: &DeviceNode, bind_from_host: bool) -> Result<
             dev.path.display()
         )));
     }
-    let name = dev.path.file_name().ok_or_else(|| {
-        RootfsError::Config(format!("device path {} has no name", dev.path.display()))
-    })?;
+    let name = dev
+        .path
+        .file_name()
+        .ok_or_else(|| RootfsError::Config(format!("device path {} has no name", dev.path.display())))?;
     let parent_path = dev.path.parent().unwrap_or(Path::new("/dev"));
     let parent = root
         .ensure(parent_path, Kind::Dir)
@@ -167,11 +168,7 @@ pub fn create_symlinks(root: &RootDir, has_devpts: bool) -> Result<(), RootfsErr
         if r != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EEXIST) {
-                return Err(RootfsError::path(
-                    "symlink",
-                    &Path::new("/dev").join(name),
-                    err,
-                ));
+                return Err(RootfsError::path("symlink", &Path::new("/dev").join(name), err));
             }
         }
     }

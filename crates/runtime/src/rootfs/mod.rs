@@ -79,7 +79,10 @@ fn propagation_flag(spec: &Spec) -> Result<Option<MsFlags>, RootfsError> {
 pub fn prepare(ctx: &RootfsContext) -> Result<(), RootfsError> {
     let prop = propagation_flag(ctx.spec)?;
     // Nothing we mount may propagate back to the host: slave by default, or what the config asks for.
-    let root_flag = prop.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    // An unbindable root cannot be bound onto itself: that one is applied after the root switch.
+    let root_flag = prop
+        .filter(|p| !p.contains(MsFlags::MS_UNBINDABLE))
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
     mount(None::<&str>, "/", None::<&str>, root_flag, None::<&str>)
         .map_err(|e| RootfsError::mount("propagation", Path::new("/"), Path::new("/"), e))?;
     if prop.is_some_and(|p| p.contains(MsFlags::MS_SHARED)) {
@@ -109,18 +112,11 @@ pub fn prepare(ctx: &RootfsContext) -> Result<(), RootfsError> {
     let dev_from_host = spec_mounts.iter().any(|m| {
         m.destination() == Path::new("/dev")
             && (m.typ().as_deref() == Some("bind")
-                || m.options()
-                    .iter()
-                    .flatten()
-                    .any(|o| o == "bind" || o == "rbind"))
+                || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind"))
     });
     if !dev_from_host {
         let mut nodes = devices::default_devices();
-        for d in linux
-            .and_then(|l| l.devices().as_ref())
-            .into_iter()
-            .flatten()
-        {
+        for d in linux.and_then(|l| l.devices().as_ref()).into_iter().flatten() {
             let node = devices::from_spec(d)?;
             nodes.retain(|n| n.path != node.path);
             nodes.push(node);
@@ -165,12 +161,7 @@ pub fn finalize(spec: &Spec) -> Result<(), RootfsError> {
     {
         paths::make_readonly(Path::new(p))?;
     }
-    if spec
-        .root()
-        .as_ref()
-        .and_then(|r| r.readonly())
-        .unwrap_or(false)
-    {
+    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         paths::remount_readonly(Path::new("/"))?;
     }
     if let Some(prop) = propagation_flag(spec)? {

@@ -81,13 +81,7 @@ const PROPAGATION: &[(&str, MsFlags)] = &[
 ];
 
 /// Options that other runtimes understand as hints to themselves, not to the kernel.
-const RUNTIME_ONLY: &[&str] = &[
-    "tmpcopyup",
-    "notmpcopyup",
-    "idmap",
-    "ridmap",
-    "copy-symlink",
-];
+const RUNTIME_ONLY: &[&str] = &["tmpcopyup", "notmpcopyup", "idmap", "ridmap", "copy-symlink"];
 
 pub fn parse<S: AsRef<str>>(options: &[S]) -> MountOptions {
     let mut out = MountOptions::default();
@@ -114,10 +108,7 @@ pub fn parse<S: AsRef<str>>(options: &[S]) -> MountOptions {
 
 /// The propagation flag for `linux.rootfsPropagation`.
 pub fn propagation(name: &str) -> Option<MsFlags> {
-    PROPAGATION
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, f)| *f)
+    PROPAGATION.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
 #[cfg(test)]
@@ -126,14 +117,7 @@ mod tests {
 
     #[test]
     fn splits_flags_propagation_and_data() {
-        let o = parse(&[
-            "rbind",
-            "ro",
-            "nosuid",
-            "rprivate",
-            "mode=755",
-            "size=65536k",
-        ]);
+        let o = parse(&["rbind", "ro", "nosuid", "rprivate", "mode=755", "size=65536k"]);
         assert_eq!(
             o.flags,
             MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID

@@ -56,23 +56,13 @@ pub fn mount_entry(root: &RootDir, m: &Mount, ctx: &MountContext) -> Result<(), 
             .map_err(|e| RootfsError::path("create mount point", dest, e))?;
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-        let res = mount(
-            Some(&source),
-            &fd_path(&target),
-            Some(typ),
-            opts.flags,
-            data,
-        );
+        let res = mount(Some(&source), &fd_path(&target), Some(typ), opts.flags, data);
         match res {
             Ok(()) => {}
             // Without its own network namespace a user-namespaced container may not mount sysfs, nor mqueue
             // without its own ipc namespace: bind the host's instead, as other runtimes do.
             Err(nix::Error::EPERM) if ctx.in_user_ns && (typ == "sysfs" || typ == "mqueue") => {
-                let host = if typ == "sysfs" {
-                    "/sys"
-                } else {
-                    "/dev/mqueue"
-                };
+                let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
                 let mut bind_opts = opts.clone();
                 bind_opts.flags |= MsFlags::MS_BIND | MsFlags::MS_REC;
                 bind(root, Path::new(host), dest, &bind_opts)?;
@@ -90,35 +80,19 @@ fn source_path(m: &Mount, bundle: &Path) -> Result<PathBuf, RootfsError> {
             m.destination().display()
         ))
     })?;
-    Ok(if src.is_absolute() {
-        src
-    } else {
-        bundle.join(src)
-    })
+    Ok(if src.is_absolute() { src } else { bundle.join(src) })
 }
 
 /// Bind `source` (a host path) onto `dest` (a container path), then remount with the requested flags.
-pub fn bind(
-    root: &RootDir,
-    source: &Path,
-    dest: &Path,
-    opts: &MountOptions,
-) -> Result<(), RootfsError> {
-    let meta =
-        std::fs::metadata(source).map_err(|e| RootfsError::path("bind mount source", source, e))?;
+pub fn bind(root: &RootDir, source: &Path, dest: &Path, opts: &MountOptions) -> Result<(), RootfsError> {
+    let meta = std::fs::metadata(source).map_err(|e| RootfsError::path("bind mount source", source, e))?;
     let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
     let target = root
         .ensure(dest, kind)
         .map_err(|e| RootfsError::path("create mount point", dest, e))?;
     let flags = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-    mount(
-        Some(source),
-        &fd_path(&target),
-        None::<&str>,
-        flags,
-        None::<&str>,
-    )
-    .map_err(|e| RootfsError::mount("bind", source, dest, e))?;
+    mount(Some(source), &fd_path(&target), None::<&str>, flags, None::<&str>)
+        .map_err(|e| RootfsError::mount("bind", source, dest, e))?;
     let extra = opts.remount_flags();
     if !extra.is_empty() {
         remount_bind(root, dest, extra, Some(source))?;
@@ -139,13 +113,7 @@ pub fn remount_bind(
         .map_err(|e| RootfsError::path("resolve", dest, e))?;
     let path = fd_path(&target);
     let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
-    match mount(
-        None::<&str>,
-        &path,
-        None::<&str>,
-        base | flags,
-        None::<&str>,
-    ) {
+    match mount(None::<&str>, &path, None::<&str>, base | flags, None::<&str>) {
         Ok(()) => Ok(()),
         Err(nix::Error::EPERM) => {
             let locked = statvfs(source.unwrap_or(&path))
@@ -186,14 +154,8 @@ fn apply_propagation(root: &RootDir, dest: &Path, opts: &MountOptions) -> Result
         let target = root
             .resolve(dest)
             .map_err(|e| RootfsError::path("resolve", dest, e))?;
-        mount(
-            None::<&str>,
-            &fd_path(&target),
-            None::<&str>,
-            *flag,
-            None::<&str>,
-        )
-        .map_err(|e| RootfsError::mount("propagation", dest, dest, e))?;
+        mount(None::<&str>, &fd_path(&target), None::<&str>, *flag, None::<&str>)
+            .map_err(|e| RootfsError::mount("propagation", dest, dest, e))?;
     }
     Ok(())
 }

@@ -46,14 +46,7 @@ pub fn pivot(rootfs: &Path) -> Result<(), RootfsError> {
 pub fn move_root(rootfs: &Path) -> Result<(), RootfsError> {
     let err = |what: &'static str| move |e: nix::Error| RootfsError::path(what, rootfs, e.into());
     chdir(rootfs).map_err(err("chdir"))?;
-    mount(
-        Some(rootfs),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(err("move to /"))?;
+    mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("move to /"))?;
     chroot(".").map_err(err("chroot"))?;
     chdir("/").map_err(err("chdir /"))
 }

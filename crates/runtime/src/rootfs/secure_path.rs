@@ -140,11 +140,7 @@ impl RootDir {
                     libc::openat(
                         parent.as_raw_fd(),
                         cname.as_ptr(),
-                        libc::O_CREAT
-                            | libc::O_EXCL
-                            | libc::O_WRONLY
-                            | libc::O_NOFOLLOW
-                            | libc::O_CLOEXEC,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                         0o644,
                     )
                 };

@@ -150,27 +150,17 @@ fn errno_and_trace_return_their_errno() {
         let mut buf = [0u8; 256];
         expect_errno(
             "getcwd",
-            sys(
-                libc::SYS_getcwd,
-                [buf.as_mut_ptr() as u64, buf.len() as u64, 0],
-            ),
+            sys(libc::SYS_getcwd, [buf.as_mut_ptr() as u64, buf.len() as u64, 0]),
             77,
         )?;
         // Without the filter this would be ENOENT; errnoRet defaults to EPERM.
         expect_errno(
             "mkdir",
-            sys(
-                libc::SYS_mkdir,
-                [c_path(c"/vessel-no-such-dir/x"), 0o755, 0],
-            ),
+            sys(libc::SYS_mkdir, [c_path(c"/vessel-no-such-dir/x"), 0o755, 0]),
             libc::EPERM,
         )?;
         // SCMP_ACT_TRACE without a tracer: the kernel skips the call with ENOSYS.
-        expect_errno(
-            "chdir",
-            sys(libc::SYS_chdir, [c_path(c"/"), 0, 0]),
-            libc::ENOSYS,
-        )?;
+        expect_errno("chdir", sys(libc::SYS_chdir, [c_path(c"/"), 0, 0]), libc::ENOSYS)?;
         expect_ok("getpid", sys(libc::SYS_getpid, [0; 3]))?;
         Ok(())
     });
@@ -210,12 +200,7 @@ fn kill_thread_kills_only_the_calling_thread() {
         // SAFETY: `thread` is a valid out-pointer, default attributes, and `call_getppid` is an
         // `extern "C"` function that ignores its (null) argument.
         let rc = unsafe {
-            libc::pthread_create(
-                &mut thread,
-                std::ptr::null(),
-                call_getppid,
-                std::ptr::null_mut(),
-            )
+            libc::pthread_create(&mut thread, std::ptr::null(), call_getppid, std::ptr::null_mut())
         };
         if rc != 0 {
             return Err(format!("pthread_create: {rc}"));
@@ -230,10 +215,7 @@ fn kill_thread_kills_only_the_calling_thread() {
         }
         Ok(())
     });
-    assert_eq!(
-        outcome, PASSED,
-        "the main thread must survive its killed thread"
-    );
+    assert_eq!(outcome, PASSED, "the main thread must survive its killed thread");
 }
 
 static TRAPPED: AtomicBool = AtomicBool::new(false);
@@ -311,23 +293,11 @@ fn argument_conditions_select_the_calls() {
             sys(libc::SYS_getpriority, [prio_pgrp, 0, 0]),
         )?;
 
-        expect_errno(
-            "getpgid(111)",
-            sys(libc::SYS_getpgid, [111, 0, 0]),
-            libc::ENOTBLK,
-        )?;
-        expect_errno(
-            "getpgid(222)",
-            sys(libc::SYS_getpgid, [222, 0, 0]),
-            libc::ENOTBLK,
-        )?;
+        expect_errno("getpgid(111)", sys(libc::SYS_getpgid, [111, 0, 0]), libc::ENOTBLK)?;
+        expect_errno("getpgid(222)", sys(libc::SYS_getpgid, [222, 0, 0]), libc::ENOTBLK)?;
         expect_ok("getpgid(0)", sys(libc::SYS_getpgid, [0; 3]))?;
 
-        expect_errno(
-            "umask(0777)",
-            sys(libc::SYS_umask, [0o777, 0, 0]),
-            libc::ECHRNG,
-        )?;
+        expect_errno("umask(0777)", sys(libc::SYS_umask, [0o777, 0, 0]), libc::ECHRNG)?;
         expect_ok("umask(0077)", sys(libc::SYS_umask, [0o077, 0, 0]))?;
         expect_ok("umask(0022)", sys(libc::SYS_umask, [0o022, 0, 0]))?;
 
@@ -406,10 +376,7 @@ fn log_allows_the_call() {
         let mut buf = [0u8; 256];
         expect_ok(
             "getcwd",
-            sys(
-                libc::SYS_getcwd,
-                [buf.as_mut_ptr() as u64, buf.len() as u64, 0],
-            ),
+            sys(libc::SYS_getcwd, [buf.as_mut_ptr() as u64, buf.len() as u64, 0]),
         )?;
         Ok(())
     });
@@ -424,17 +391,11 @@ fn log_allows_the_call() {
         let mut buf = [0u8; 256];
         expect_ok(
             "getcwd",
-            sys(
-                libc::SYS_getcwd,
-                [buf.as_mut_ptr() as u64, buf.len() as u64, 0],
-            ),
+            sys(libc::SYS_getcwd, [buf.as_mut_ptr() as u64, buf.len() as u64, 0]),
         )?;
         expect_errno(
             "mkdir",
-            sys(
-                libc::SYS_mkdir,
-                [c_path(c"/vessel-no-such-dir/x"), 0o755, 0],
-            ),
+            sys(libc::SYS_mkdir, [c_path(c"/vessel-no-such-dir/x"), 0o755, 0]),
             77,
         )?;
         Ok(())
@@ -478,10 +439,7 @@ fn logged_getcwd(seen: &mut Vec<String>) -> Option<String> {
             let mut buf = [0u8; 256];
             expect_ok(
                 "getcwd",
-                sys(
-                    libc::SYS_getcwd,
-                    [buf.as_mut_ptr() as u64, buf.len() as u64, 0],
-                ),
+                sys(libc::SYS_getcwd, [buf.as_mut_ptr() as u64, buf.len() as u64, 0]),
             )?;
             Ok(())
         },
@@ -561,20 +519,13 @@ fn notify_hands_a_working_listener_fd_to_the_agent() {
         move |notify_fd| {
             let fd = notify_fd.ok_or("no notify fd from a filter with SCMP_ACT_NOTIFY")?;
             let pid = std::process::id();
-            let state = json!({"ociVersion": "1.2.0", "id": "c1", "status": "creating", "pid": pid, "bundle": "/b"});
-            send_notify_fd(
-                &child_socket,
-                &fd,
-                state.to_string().as_bytes(),
-                "vessel-test",
-            )
-            .map_err(|e| e.to_string())?;
+            let state =
+                json!({"ociVersion": "1.2.0", "id": "c1", "status": "creating", "pid": pid, "bundle": "/b"});
+            send_notify_fd(&child_socket, &fd, state.to_string().as_bytes(), "vessel-test")
+                .map_err(|e| e.to_string())?;
             drop(fd);
             // Blocks until the agent answers; it answers 4242.
-            let ret = sys(
-                libc::SYS_mkdir,
-                [c_path(c"/vessel-no-such-dir/x"), 0o755, 0],
-            );
+            let ret = sys(libc::SYS_mkdir, [c_path(c"/vessel-no-such-dir/x"), 0o755, 0]);
             if ret != Ok(4242) {
                 return Err(format!("mkdir: expected the agent's 4242, got {ret:?}"));
             }

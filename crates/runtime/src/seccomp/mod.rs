@@ -55,7 +55,9 @@ pub const NOTIFY_REFUSED_SYSCALLS: &[&str] = &["write"];
 /// Errors of building, loading and handing over a seccomp filter; each names the part of the profile at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("Seccomp {what}: errnoRet {value} is only valid with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not {action}")]
+    #[error(
+        "Seccomp {what}: errnoRet {value} is only valid with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not {action}"
+    )]
     ErrnoRetNotAllowed {
         what: String,
         action: String,
@@ -97,10 +99,7 @@ pub enum SeccompError {
     #[error("Cannot create a seccomp filter with default action {action}: {source}")]
     Init { action: String, source: ScmpError },
     #[error("Cannot set seccomp filter attribute {attr}: {source}")]
-    Attr {
-        attr: &'static str,
-        source: ScmpError,
-    },
+    Attr { attr: &'static str, source: ScmpError },
     #[error("Cannot add seccomp rule {action} for syscall {syscall}: {source}")]
     Rule {
         syscall: String,
@@ -181,12 +180,8 @@ impl Filter {
         self.ctx.load().map_err(|e| {
             let source = os_error(&e);
             let hint = match source.raw_os_error() {
-                Some(libc::EACCES) => {
-                    " (without no_new_privs, loading a filter needs CAP_SYS_ADMIN)"
-                }
-                Some(libc::ESRCH) => {
-                    " (SECCOMP_FILTER_FLAG_TSYNC: another thread has a diverging filter)"
-                }
+                Some(libc::EACCES) => " (without no_new_privs, loading a filter needs CAP_SYS_ADMIN)",
+                Some(libc::ESRCH) => " (SECCOMP_FILTER_FLAG_TSYNC: another thread has a diverging filter)",
                 _ => "",
             };
             SeccompError::Load { source, hint }
@@ -197,9 +192,7 @@ impl Filter {
         let raw = self
             .ctx
             .get_notify_fd()
-            .map_err(|e| SeccompError::NotifyFd {
-                source: os_error(&e),
-            })?;
+            .map_err(|e| SeccompError::NotifyFd { source: os_error(&e) })?;
         // SAFETY: libseccomp returned `raw` as the open listener fd it keeps in its global state; it stays
         // open at least until the `reset_global_state` below, and we only borrow it to duplicate it.
         let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
@@ -220,12 +213,7 @@ pub fn build_filter(config: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         .listener_path()
         .as_ref()
         .is_some_and(|p| !p.as_os_str().is_empty());
-    if config
-        .listener_metadata()
-        .as_ref()
-        .is_some_and(|m| !m.is_empty())
-        && !has_listener
-    {
+    if config.listener_metadata().as_ref().is_some_and(|m| !m.is_empty()) && !has_listener {
         return Err(SeccompError::MetadataWithoutListener);
     }
     let default = plan::scmp_action(config.default_action(), config.default_errno_ret(), || {
@@ -272,10 +260,7 @@ pub fn build_filter(config: &LinuxSeccomp) -> Result<Filter, SeccompError> {
 }
 
 /// A filter context with the profile's default action, flags and attributes, for the native architecture.
-fn new_context(
-    config: &LinuxSeccomp,
-    default: ScmpAction,
-) -> Result<ScmpFilterContext, SeccompError> {
+fn new_context(config: &LinuxSeccomp, default: ScmpAction) -> Result<ScmpFilterContext, SeccompError> {
     let mut ctx = ScmpFilterContext::new(default).map_err(|source| SeccompError::Init {
         action: plan::action_name(default),
         source,
@@ -285,18 +270,12 @@ fn new_context(
     }
     // The caller owns no_new_privs (process.noNewPrivileges); raw kernel errors make load failures readable.
     set_attr(&mut ctx, "SCMP_FLTATR_CTL_NNP", |c| c.set_ctl_nnp(false))?;
-    set_attr(&mut ctx, "SCMP_FLTATR_API_SYSRAWRC", |c| {
-        c.set_api_sysrawrc(true)
-    })?;
+    set_attr(&mut ctx, "SCMP_FLTATR_API_SYSRAWRC", |c| c.set_api_sysrawrc(true))?;
     Ok(ctx)
 }
 
 /// Make `ctx` a filter for `scmp` alone.
-fn single_arch(
-    ctx: &mut ScmpFilterContext,
-    scmp: ScmpArch,
-    arch: Arch,
-) -> Result<(), SeccompError> {
+fn single_arch(ctx: &mut ScmpFilterContext, scmp: ScmpArch, arch: Arch) -> Result<(), SeccompError> {
     ctx.add_arch(scmp).map_err(|e| arch_error(arch, &e))?;
     ctx.remove_arch(ScmpArch::Native)
         .map_err(|e| arch_error(arch, &e))?;
@@ -322,9 +301,7 @@ fn arch_error(arch: Arch, e: &ScmpError) -> SeccompError {
         version: library_version(),
         reason: match e.errno() {
             Some(SeccompErrno::EINVAL) => "this libseccomp does not know it".into(),
-            Some(SeccompErrno::EDOM) => {
-                "its byte order differs from the native architecture's".into()
-            }
+            Some(SeccompErrno::EDOM) => "its byte order differs from the native architecture's".into(),
             _ => e.to_string(),
         },
     }
@@ -352,8 +329,7 @@ fn add_rules(
             if arch == native {
                 rule.syscall.as_raw_syscall()
             } else {
-                ScmpSyscall::from_name_by_arch(rule.name, arch)
-                    .map_or(-1, ScmpSyscall::as_raw_syscall)
+                ScmpSyscall::from_name_by_arch(rule.name, arch).map_or(-1, ScmpSyscall::as_raw_syscall)
             }
         };
         // libseccomp compares unsigned: pseudo-syscalls (negative) sort last there, so come first here.

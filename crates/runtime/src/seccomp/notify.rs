@@ -65,10 +65,8 @@ pub fn send_notify_fd(
     })
     .map_err(|e| send_err(e.into()))?;
     while sent < payload.len() {
-        let n = retry_eintr(|| {
-            nix::sys::socket::send(socket, &payload[sent..], MsgFlags::MSG_NOSIGNAL)
-        })
-        .map_err(|e| send_err(e.into()))?;
+        let n = retry_eintr(|| nix::sys::socket::send(socket, &payload[sent..], MsgFlags::MSG_NOSIGNAL))
+            .map_err(|e| send_err(e.into()))?;
         if n == 0 {
             return Err(send_err(std::io::ErrorKind::WriteZero.into()));
         }

@@ -83,9 +83,7 @@ fn plan_entry<'a>(
     }
     // One rule with every condition AND-ed; if an argument is tested twice, one rule per condition (runc).
     let mut seen = [false; MAX_ARGS];
-    let repeated = args
-        .iter()
-        .any(|a| std::mem::replace(&mut seen[a.index()], true));
+    let repeated = args.iter().any(|a| std::mem::replace(&mut seen[a.index()], true));
     let groups: Vec<Vec<ScmpArgCompare>> = if repeated {
         conditions.iter().map(|c| vec![*c]).collect()
     } else {
@@ -121,10 +119,7 @@ pub(super) fn scmp_action(
     use LinuxSeccompAction as A;
     let ret = || match errno_ret {
         None => Ok(libc::EPERM as u16),
-        Some(value) => u16::try_from(value).map_err(|_| SeccompError::ErrnoRetRange {
-            what: what(),
-            value,
-        }),
+        Some(value) => u16::try_from(value).map_err(|_| SeccompError::ErrnoRetRange { what: what(), value }),
     };
     let scmp = match action {
         A::ScmpActKill | A::ScmpActKillThread => ScmpAction::KillThread,
@@ -147,17 +142,11 @@ pub(super) fn scmp_action(
 }
 
 /// One argument condition; for `SCMP_CMP_MASKED_EQ`, `value` is the mask and `valueTwo` the datum (as runc).
-fn condition(
-    arg: &LinuxSeccompArg,
-    what: &impl Fn() -> String,
-) -> Result<ScmpArgCompare, SeccompError> {
+fn condition(arg: &LinuxSeccompArg, what: &impl Fn() -> String) -> Result<ScmpArgCompare, SeccompError> {
     use LinuxSeccompOperator as O;
     let index = arg.index();
     if index >= MAX_ARGS {
-        return Err(SeccompError::ArgIndex {
-            what: what(),
-            index,
-        });
+        return Err(SeccompError::ArgIndex { what: what(), index });
     }
     let (op, datum) = match arg.op() {
         O::ScmpCmpNe => (ScmpCompareOp::NotEqual, arg.value()),

@@ -44,8 +44,7 @@ impl TempDir {
     pub(super) fn new(tag: &str) -> TempDir {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("vessel-seccomp-{tag}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vessel-seccomp-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -63,11 +62,7 @@ fn every_action_becomes_its_libseccomp_action() {
     let cases = [
         ("SCMP_ACT_KILL", "SCMP_ACT_ALLOW", "action KILL;"),
         ("SCMP_ACT_KILL_THREAD", "SCMP_ACT_ALLOW", "action KILL;"),
-        (
-            "SCMP_ACT_KILL_PROCESS",
-            "SCMP_ACT_ALLOW",
-            "action KILL_PROCESS;",
-        ),
+        ("SCMP_ACT_KILL_PROCESS", "SCMP_ACT_ALLOW", "action KILL_PROCESS;"),
         ("SCMP_ACT_TRAP", "SCMP_ACT_ALLOW", "action TRAP;"),
         ("SCMP_ACT_ERRNO", "SCMP_ACT_ALLOW", "action ERRNO(1);"),
         ("SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "action TRACE(1);"),
@@ -79,16 +74,9 @@ fn every_action_becomes_its_libseccomp_action() {
         let filter = build(one_rule(default, action, json!({})));
         assert_eq!(filter.rule_count(), 1, "{action}");
         assert!(filter.skipped_syscalls().is_empty(), "{action}");
-        assert_eq!(
-            filter.uses_notify(),
-            action == "SCMP_ACT_NOTIFY",
-            "{action}"
-        );
+        assert_eq!(filter.uses_notify(), action == "SCMP_ACT_NOTIFY", "{action}");
         let pfc = filter.to_pfc().unwrap();
-        assert!(
-            pfc.contains("filter for syscall \"getcwd\""),
-            "{action}: {pfc}"
-        );
+        assert!(pfc.contains("filter for syscall \"getcwd\""), "{action}: {pfc}");
         assert!(
             pfc.contains(pfc_action),
             "{action}: expected {pfc_action} in {pfc}"
@@ -123,10 +111,7 @@ fn errno_ret_is_used_and_defaults_to_eperm() {
         ScmpAction::Errno(libc::EPERM)
     );
     let filter = build(json!({"defaultAction": "SCMP_ACT_KILL"}));
-    assert_eq!(
-        filter.ctx.get_act_default().unwrap(),
-        ScmpAction::KillThread
-    );
+    assert_eq!(filter.ctx.get_act_default().unwrap(), ScmpAction::KillThread);
 }
 
 #[test]
@@ -267,16 +252,8 @@ fn listed_architectures_are_added_and_native_is_always_there() {
         "architectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
         "syscalls": [{"names": ["getcwd", "socketcall"], "action": "SCMP_ACT_ERRNO"}],
     }));
-    for arch in [
-        ScmpArch::Native,
-        ScmpArch::X86,
-        ScmpArch::X32,
-        ScmpArch::Aarch64,
-    ] {
-        assert!(
-            filter.ctx.is_arch_present(arch).unwrap(),
-            "{arch:?} missing"
-        );
+    for arch in [ScmpArch::Native, ScmpArch::X86, ScmpArch::X32, ScmpArch::Aarch64] {
+        assert!(filter.ctx.is_arch_present(arch).unwrap(), "{arch:?} missing");
     }
     assert!(filter.skipped_syscalls().is_empty());
     let pfc = filter.to_pfc().unwrap();
@@ -289,8 +266,7 @@ fn listed_architectures_are_added_and_native_is_always_there() {
     // socketcall exists on x86 only: resolved once, placed by libseccomp where it exists.
     assert!(pfc.contains("\"socketcall\" (102)"), "{pfc}");
 
-    let filter =
-        build(json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_AARCH64"]}));
+    let filter = build(json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_AARCH64"]}));
     assert!(filter.ctx.is_arch_present(ScmpArch::native()).unwrap());
 }
 
@@ -355,17 +331,15 @@ fn every_oci_architecture_is_added_or_refused_by_name() {
             }
             Err(e) => {
                 let msg = e.to_string();
-                let prefix = format!(
-                    "Seccomp architecture {name} cannot be added to the filter (libseccomp 2."
-                );
+                let prefix =
+                    format!("Seccomp architecture {name} cannot be added to the filter (libseccomp 2.");
                 assert!(msg.starts_with(&prefix), "{msg}");
                 let expected = if big_endian.contains(&name)
                     && msg.ends_with("byte order differs from the native architecture's")
                 {
                     true
                 } else {
-                    newer_than_2_5.contains(&name)
-                        && msg.ends_with("this libseccomp does not know it")
+                    newer_than_2_5.contains(&name) && msg.ends_with("this libseccomp does not know it")
                 };
                 assert!(expected, "{msg}");
             }
@@ -421,8 +395,7 @@ fn a_bad_action_or_operator_is_an_error() {
     }))
     .unwrap_err();
     assert!(err.to_string().contains("SCMP_ACT_EXPLODE"), "{err}");
-    let err = serde_json::from_value::<LinuxSeccomp>(json!({"defaultAction": "SCMP_ACT_NOPE"}))
-        .unwrap_err();
+    let err = serde_json::from_value::<LinuxSeccomp>(json!({"defaultAction": "SCMP_ACT_NOPE"})).unwrap_err();
     assert!(err.to_string().contains("SCMP_ACT_NOPE"), "{err}");
     let err = serde_json::from_value::<LinuxSeccomp>(json!({
         "defaultAction": "SCMP_ACT_ALLOW",
@@ -460,9 +433,7 @@ fn notify_rules_are_checked() {
         "Seccomp SCMP_ACT_NOTIFY cannot be used for syscall write: the runtime needs it to hand the notify fd over"
     );
     let default = json!({"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/run/a.sock"});
-    assert!(
-        build_err(default).starts_with("Seccomp defaultAction SCMP_ACT_NOTIFY is not supported")
-    );
+    assert!(build_err(default).starts_with("Seccomp defaultAction SCMP_ACT_NOTIFY is not supported"));
     let metadata = json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "x"});
     assert_eq!(
         build_err(metadata),
@@ -531,9 +502,8 @@ fn binary_tree_only_with_rules() {
 /// x86-64: every entry, the host arch and its sub-arches.
 pub(super) fn podman_default_profile() -> LinuxSeccomp {
     const PATH: &str = "/usr/share/containers/seccomp.json";
-    let text = std::fs::read(PATH).unwrap_or_else(|e| {
-        panic!("{PATH}: {e} (install Debian's golang-github-containers-common)")
-    });
+    let text = std::fs::read(PATH)
+        .unwrap_or_else(|e| panic!("{PATH}: {e} (install Debian's golang-github-containers-common)"));
     let source: Value = serde_json::from_slice(&text).expect("containers seccomp.json parses");
     let syscalls: Vec<Value> = source["syscalls"]
         .as_array()
@@ -560,12 +530,7 @@ pub(super) fn podman_default_profile() -> LinuxSeccomp {
 #[test]
 fn podman_default_profile_builds() {
     let config = podman_default_profile();
-    let names: usize = config
-        .syscalls()
-        .iter()
-        .flatten()
-        .map(|s| s.names().len())
-        .sum();
+    let names: usize = config.syscalls().iter().flatten().map(|s| s.names().len()).sum();
     assert!(names > 300, "only {names} names");
     // Warm-up: libseccomp probes the kernel once per process.
     build_filter(&config).unwrap();
@@ -608,10 +573,9 @@ fn process_state_document_follows_the_spec() {
             "state": {"ociVersion":"1.2.0","id":"c1","status":"creating","pid":4422,"bundle":"/b","annotations":{"k":"v"}},
         })
     );
-    let doc: Value = serde_json::from_slice(
-        &notify::process_state(std::path::Path::new("/a"), state, "").unwrap(),
-    )
-    .unwrap();
+    let doc: Value =
+        serde_json::from_slice(&notify::process_state(std::path::Path::new("/a"), state, "").unwrap())
+            .unwrap();
     assert!(doc.get("metadata").is_none(), "{doc}");
 }
 
@@ -629,10 +593,7 @@ fn send_notify_fd_refuses_bad_state_and_missing_listener() {
         )
     );
     let err = send_notify_fd(&path, &read, b"not json", "").unwrap_err();
-    assert!(
-        err.to_string().contains("the state is not valid JSON"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("the state is not valid JSON"), "{err}");
     let err = send_notify_fd(&path, &read, br#"{"pid":1}"#, "").unwrap_err();
     assert!(
         err.to_string().starts_with(&format!(
@@ -670,10 +631,7 @@ pub(super) fn receive_one(listener: &UnixListener) -> Received {
         for c in msg.cmsgs().expect("cmsgs") {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: SCM_RIGHTS just installed these fds in this process; nothing else owns them.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
             }
         }
         msg.bytes
@@ -708,9 +666,7 @@ fn send_notify_fd_sends_state_and_fd_over_the_socket() {
     assert_eq!(got.document["metadata"], "meta");
     assert_eq!(got.document["state"]["id"], "c1");
     assert_eq!(
-        got.document["state"]["annotations"]["big"]
-            .as_str()
-            .map(str::len),
+        got.document["state"]["annotations"]["big"].as_str().map(str::len),
         Some(300 * 1024)
     );
     assert_eq!(got.fds.len(), 1);
@@ -726,12 +682,8 @@ fn send_notify_fd_sends_state_and_fd_over_the_socket() {
 
 /// The way runc drives libseccomp: one context holding every architecture, rules in profile order.
 fn one_context(config: &LinuxSeccomp, arches: &[ScmpArch]) -> libseccomp::ScmpFilterContext {
-    let default = plan::scmp_action(
-        config.default_action(),
-        config.default_errno_ret(),
-        String::new,
-    )
-    .unwrap();
+    let default =
+        plan::scmp_action(config.default_action(), config.default_errno_ret(), String::new).unwrap();
     let plan = plan::plan(config, default, true).unwrap();
     let mut ctx = libseccomp::ScmpFilterContext::new(default).unwrap();
     for &arch in arches {
@@ -748,8 +700,7 @@ fn one_context(config: &LinuxSeccomp, arches: &[ScmpArch]) -> libseccomp::ScmpFi
 }
 
 fn bpf(ctx: &libseccomp::ScmpFilterContext) -> Vec<u8> {
-    let fd = nix::sys::memfd::memfd_create(c"bpf", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-        .unwrap();
+    let fd = nix::sys::memfd::memfd_create(c"bpf", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
     ctx.export_bpf(&fd).unwrap();
     let mut file = std::fs::File::from(fd);
     std::io::Seek::rewind(&mut file).unwrap();

@@ -12,8 +12,7 @@ use crate::cli::ExecArgs;
 pub fn exec(rt: &Runtime, a: ExecArgs) -> Result<u8> {
     let process = match &a.process {
         Some(path) => {
-            let text =
-                std::fs::read(path).with_context(|| format!("Cannot read {}", path.display()))?;
+            let text = std::fs::read(path).with_context(|| format!("Cannot read {}", path.display()))?;
             let (p, unknown) = vessel_runtime::spec::parse_process(&text)
                 .with_context(|| format!("Malformed {}", path.display()))?;
             for name in unknown {
@@ -39,8 +38,7 @@ fn process_from_args(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
         return Err(anyhow!("exec needs a command to run (or --process FILE)"));
     }
     // The container's own process is the template, as runc does; the record keeps it as created.
-    let mut p =
-        container_process(rt, &a.id).ok_or_else(|| anyhow!("Container {} does not exist", a.id))?;
+    let mut p = container_process(rt, &a.id).ok_or_else(|| anyhow!("Container {} does not exist", a.id))?;
     p.set_args(Some(a.args.clone()));
     let mut env = p.env().clone().unwrap_or_default();
     env.extend(a.env.iter().cloned());
@@ -62,8 +60,7 @@ fn process_from_args(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
         );
     }
     if !a.additional_gids.is_empty() {
-        p.user_mut()
-            .set_additional_gids(Some(a.additional_gids.clone()));
+        p.user_mut().set_additional_gids(Some(a.additional_gids.clone()));
     }
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));
@@ -86,13 +83,7 @@ fn process_from_args(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
             })
             .collect::<Result<_>>()?;
         let add = |set: &Option<HashSet<Capability>>| -> Option<HashSet<Capability>> {
-            Some(
-                set.clone()
-                    .unwrap_or_default()
-                    .union(&extra)
-                    .copied()
-                    .collect(),
-            )
+            Some(set.clone().unwrap_or_default().union(&extra).copied().collect())
         };
         let mut updated = LinuxCapabilities::default();
         updated.set_bounding(add(caps.bounding()));

@@ -6,7 +6,6 @@ mod run;
 mod templates;
 mod update_args;
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,14 +30,17 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: clap's first line, without its "error: " prefix and usage block.
+            // One line: clap's first line, without its "error: " prefix and usage block; logged like any
+            // other error, so the --log file is scanned for by hand (clap could not parse it).
             let text = e.to_string();
             let first = text
                 .lines()
                 .next()
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            let _ = writeln!(std::io::stderr(), "vessel-runtime: {first}");
+            let (file, format) = log_flags_from_argv();
+            logging::init(file, format);
+            logging::error(first);
             return ExitCode::from(1);
         }
     };
@@ -55,6 +57,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--log FILE` / `--log=FILE` and `--log-format F`, read straight from argv.
+fn log_flags_from_argv() -> (Option<std::path::PathBuf>, logging::Format) {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&format!("{name}="))
+                .map(str::to_string)
+                .or_else(|| (a == name).then(|| args.get(i + 1).cloned()).flatten())
+        })
+    };
+    let format = if value("--log-format").as_deref() == Some("json") {
+        logging::Format::Json
+    } else {
+        logging::Format::Text
+    };
+    (value("--log").map(Into::into), format)
 }
 
 fn dispatch(cli: Cli) -> Result<u8> {
@@ -89,11 +109,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
             container::create(&rt, &create_options(&a))?;
         }
         Command::Start { id } => container::start(&rt, &id)?,
-        Command::Run {
-            create,
-            detach,
-            keep,
-        } => return run::run(&rt, &create_options(&create), detach, keep),
+        Command::Run { create, detach, keep } => {
+            return run::run(&rt, &create_options(&create), detach, keep)
+        }
         Command::State { id } => {
             let state = container::state(&rt, &id)?;
             println!("{}", serde_json::to_string_pretty(&state)?);
@@ -108,11 +126,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::List { format, quiet } => list(&rt, &format, quiet)?,
         Command::Pause { id } => container::pause(&rt, &id)?,
         Command::Resume { id } => container::resume(&rt, &id)?,
-        Command::Events {
-            stats,
-            interval,
-            id,
-        } => events(&rt, stats, &interval, &id)?,
+        Command::Events { stats, interval, id } => events(&rt, stats, &interval, &id)?,
         Command::Update(a) => update_args::update(&rt, a)?,
         Command::Spec { bundle } => templates::write_spec(&bundle)?,
         Command::Features => println!("{}", serde_json::to_string_pretty(&templates::features())?),
@@ -197,9 +211,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
         .find(|c: char| c.is_ascii_alphabetic())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("Invalid interval {s:?}"))?;
+    let n: f64 = num.parse().with_context(|| format!("Invalid interval {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,

@@ -54,9 +54,7 @@ fn wait_forwarding(init: i32) -> Result<u8> {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == init => return Ok(code as u8),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == init => {
-                    return Ok(128 + sig as u8)
-                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == init => return Ok(128 + sig as u8),
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }

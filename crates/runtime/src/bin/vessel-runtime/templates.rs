@@ -61,8 +61,8 @@ pub fn features() -> Value {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y");
+    let apparmor =
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.trim() == "Y");
     let selinux = Path::new("/sys/fs/selinux/enforce").exists();
     json!({
         "ociVersionMin": "1.0.0",

@@ -39,10 +39,8 @@ pub fn update(rt: &Runtime, a: UpdateArgs) -> Result<()> {
             serde_json::from_str(&text).context("Malformed resources JSON on stdin")?
         }
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("Cannot read {path}"))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("Malformed resources JSON in {path}"))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("Cannot read {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("Malformed resources JSON in {path}"))?
         }
         None => LinuxResources::default(),
     };

@@ -21,26 +21,12 @@ pub(crate) fn requested(b: &LinuxBlockIo) -> bool {
 }
 
 /// The throttle lists of a spec with their v1 file names.
-pub(crate) fn throttles(
-    b: &LinuxBlockIo,
-) -> [(&'static str, &Option<Vec<LinuxThrottleDevice>>); 4] {
+pub(crate) fn throttles(b: &LinuxBlockIo) -> [(&'static str, &Option<Vec<LinuxThrottleDevice>>); 4] {
     [
-        (
-            "blkio.throttle.read_bps_device",
-            b.throttle_read_bps_device(),
-        ),
-        (
-            "blkio.throttle.write_bps_device",
-            b.throttle_write_bps_device(),
-        ),
-        (
-            "blkio.throttle.read_iops_device",
-            b.throttle_read_iops_device(),
-        ),
-        (
-            "blkio.throttle.write_iops_device",
-            b.throttle_write_iops_device(),
-        ),
+        ("blkio.throttle.read_bps_device", b.throttle_read_bps_device()),
+        ("blkio.throttle.write_bps_device", b.throttle_write_bps_device()),
+        ("blkio.throttle.read_iops_device", b.throttle_read_iops_device()),
+        ("blkio.throttle.write_iops_device", b.throttle_write_iops_device()),
     ]
 }
 
@@ -52,10 +38,7 @@ pub(crate) fn apply(dir: &Path, b: &LinuxBlockIo) -> Result<(), CgroupError> {
         ("blkio.bfq.weight", "blkio.bfq.weight_device")
     };
     let needs_weight_file = b.weight().is_some_and(|w| w != 0)
-        || b.weight_device()
-            .iter()
-            .flatten()
-            .any(|d| d.weight().is_some());
+        || b.weight_device().iter().flatten().any(|d| d.weight().is_some());
     if needs_weight_file && !fs::has(dir, weight_file) {
         return Err(CgroupError::Unsupported {
             setting: "linux.resources.blockIO weight".into(),
@@ -94,11 +77,7 @@ pub(crate) fn apply(dir: &Path, b: &LinuxBlockIo) -> Result<(), CgroupError> {
     }
     for (file, list) in throttles(b) {
         for d in list.iter().flatten() {
-            fs::write(
-                dir,
-                file,
-                format!("{}:{} {}", d.major(), d.minor(), d.rate()),
-            )?;
+            fs::write(dir, file, format!("{}:{} {}", d.major(), d.minor(), d.rate()))?;
         }
     }
     Ok(())
@@ -144,9 +123,7 @@ fn read_entries(dir: &Path, file: &str) -> Result<Option<Vec<BlkioEntry>>, Cgrou
 pub(crate) fn stats(dir: &Path, stats: &mut Stats) -> Result<(), CgroupError> {
     let s = &mut stats.blkio;
     // CFQ statistics when they have data, else BFQ's, else the throttling layer's (always there).
-    if let Some(bytes) =
-        read_entries(dir, "blkio.io_service_bytes_recursive")?.filter(|v| !v.is_empty())
-    {
+    if let Some(bytes) = read_entries(dir, "blkio.io_service_bytes_recursive")?.filter(|v| !v.is_empty()) {
         s.io_service_bytes_recursive = bytes;
         let get = |f: &str| Ok::<_, CgroupError>(read_entries(dir, f)?.unwrap_or_default());
         s.io_serviced_recursive = get("blkio.io_serviced_recursive")?;
@@ -158,18 +135,15 @@ pub(crate) fn stats(dir: &Path, stats: &mut Stats) -> Result<(), CgroupError> {
         s.sectors_recursive = get("blkio.sectors_recursive")?;
         return Ok(());
     }
-    if let Some(bytes) =
-        read_entries(dir, "blkio.bfq.io_service_bytes_recursive")?.filter(|v| !v.is_empty())
+    if let Some(bytes) = read_entries(dir, "blkio.bfq.io_service_bytes_recursive")?.filter(|v| !v.is_empty())
     {
         s.io_service_bytes_recursive = bytes;
-        s.io_serviced_recursive =
-            read_entries(dir, "blkio.bfq.io_serviced_recursive")?.unwrap_or_default();
+        s.io_serviced_recursive = read_entries(dir, "blkio.bfq.io_serviced_recursive")?.unwrap_or_default();
         return Ok(());
     }
     s.io_service_bytes_recursive =
         read_entries(dir, "blkio.throttle.io_service_bytes_recursive")?.unwrap_or_default();
-    s.io_serviced_recursive =
-        read_entries(dir, "blkio.throttle.io_serviced_recursive")?.unwrap_or_default();
+    s.io_serviced_recursive = read_entries(dir, "blkio.throttle.io_serviced_recursive")?.unwrap_or_default();
     Ok(())
 }
 

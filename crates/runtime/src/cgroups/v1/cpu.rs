@@ -44,9 +44,7 @@ pub(crate) fn apply(dir: &Path, cpu: &LinuxCpu) -> Result<(), CgroupError> {
         if got != shares {
             return Err(CgroupError::InvalidResource {
                 setting: "linux.resources.cpu.shares".into(),
-                reason: format!(
-                    "the kernel clamped {shares} to {got} (the allowed range is 2 to 262144)"
-                ),
+                reason: format!("the kernel clamped {shares} to {got} (the allowed range is 2 to 262144)"),
             });
         }
     }
@@ -59,20 +57,13 @@ pub(crate) fn apply(dir: &Path, cpu: &LinuxCpu) -> Result<(), CgroupError> {
         .map(|q| if q < 0 { -1 } else { q });
     let mut later = Vec::new();
     if let Some(period) = cpu.period().filter(|&v| v != 0) {
-        if let Some(v) = write_or_defer(
-            dir,
-            "cpu.cfs_period_us",
-            period.to_string(),
-            quota.is_some(),
-        )? {
+        if let Some(v) = write_or_defer(dir, "cpu.cfs_period_us", period.to_string(), quota.is_some())? {
             later.push(("cpu.cfs_period_us", v));
         }
     }
     if let Some(burst) = cpu.burst() {
         if fs::has(dir, "cpu.cfs_burst_us") {
-            if let Some(v) =
-                write_or_defer(dir, "cpu.cfs_burst_us", burst.to_string(), quota.is_some())?
-            {
+            if let Some(v) = write_or_defer(dir, "cpu.cfs_burst_us", burst.to_string(), quota.is_some())? {
                 later.push(("cpu.cfs_burst_us", v));
             }
         }
@@ -96,12 +87,7 @@ pub(crate) fn apply(dir: &Path, cpu: &LinuxCpu) -> Result<(), CgroupError> {
     let mut rt_later = None;
     if let Some(period) = cpu.realtime_period().filter(|&v| v != 0) {
         if fs::has(dir, "cpu.rt_period_us") {
-            rt_later = write_or_defer(
-                dir,
-                "cpu.rt_period_us",
-                period.to_string(),
-                runtime.is_some(),
-            )?;
+            rt_later = write_or_defer(dir, "cpu.rt_period_us", period.to_string(), runtime.is_some())?;
         }
     }
     if let Some(runtime) = runtime {

@@ -102,10 +102,7 @@ mod tests {
 
     #[test]
     fn parses_cpu_lists() {
-        assert_eq!(
-            parse_list("0-3,8,10-11\n").unwrap(),
-            vec![0, 1, 2, 3, 8, 10, 11]
-        );
+        assert_eq!(parse_list("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
         assert_eq!(parse_list("\n").unwrap(), Vec::<u16>::new());
         assert!(parse_list("3-1").is_err());
         assert!(parse_list("a").is_err());

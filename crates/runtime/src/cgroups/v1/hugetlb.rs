@@ -114,17 +114,9 @@ mod tests {
     fn malformed_page_sizes_are_rejected() {
         for bad in ["2M", "MB", "2XB", "../2MB", "2 MB"] {
             let e = check_size(Path::new("/nonexistent"), bad, "x").unwrap_err();
-            assert!(
-                matches!(e, CgroupError::InvalidResource { .. }),
-                "{bad}: {e}"
-            );
+            assert!(matches!(e, CgroupError::InvalidResource { .. }), "{bad}: {e}");
         }
-        let e = check_size(
-            Path::new("/nonexistent"),
-            "2MB",
-            "hugetlb.2MB.limit_in_bytes",
-        )
-        .unwrap_err();
+        let e = check_size(Path::new("/nonexistent"), "2MB", "hugetlb.2MB.limit_in_bytes").unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

@@ -45,16 +45,14 @@ pub(crate) fn limit_and_swap(m: &LinuxMemory) -> Result<(Option<i64>, Option<i64
     }
     if let (Some(l), Some(s)) = (limit, swap) {
         if s != -1 && l == -1 {
-            let reason =
-                format!("a memory+swap limit ({s}) needs a memory limit, but memory is unlimited");
+            let reason = format!("a memory+swap limit ({s}) needs a memory limit, but memory is unlimited");
             return Err(CgroupError::InvalidResource {
                 setting: setting("swap"),
                 reason,
             });
         }
         if s != -1 && s < l {
-            let reason =
-                format!("the memory+swap limit ({s}) is lower than the memory limit ({l})");
+            let reason = format!("the memory+swap limit ({s}) is lower than the memory limit ({l})");
             return Err(CgroupError::InvalidResource {
                 setting: setting("swap"),
                 reason,
@@ -109,8 +107,7 @@ pub(crate) fn apply(dir: &Path, m: &LinuxMemory) -> Result<(), CgroupError> {
             if fs::has(dir, file) {
                 match fs::write_raw(dir, file, &v.to_string()) {
                     Ok(()) => {}
-                    Err(e)
-                        if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(ENOTSUPP)) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(ENOTSUPP)) => {}
                     Err(e) => return Err(fs::write_error(dir, file, &v.to_string(), e)),
                 }
             }
@@ -195,14 +192,8 @@ mod tests {
             limit_and_swap(&mem(Some(-5), Some(-1))).unwrap(),
             (Some(-1), Some(-1))
         );
-        assert_eq!(
-            limit_and_swap(&mem(Some(0), Some(0))).unwrap(),
-            (None, None)
-        );
-        assert_eq!(
-            limit_and_swap(&mem(None, Some(300))).unwrap(),
-            (None, Some(300))
-        );
+        assert_eq!(limit_and_swap(&mem(Some(0), Some(0))).unwrap(), (None, None));
+        assert_eq!(limit_and_swap(&mem(None, Some(300))).unwrap(), (None, Some(300)));
         let e = limit_and_swap(&mem(Some(200), Some(100)))
             .unwrap_err()
             .to_string();

@@ -11,10 +11,7 @@ pub(crate) fn apply_class_id(dir: &Path, class_id: u32) -> Result<(), CgroupErro
     fs::write(dir, "net_cls.classid", class_id)
 }
 
-pub(crate) fn apply_priorities(
-    dir: &Path,
-    priorities: &[LinuxInterfacePriority],
-) -> Result<(), CgroupError> {
+pub(crate) fn apply_priorities(dir: &Path, priorities: &[LinuxInterfacePriority]) -> Result<(), CgroupError> {
     for p in priorities {
         fs::write(
             dir,

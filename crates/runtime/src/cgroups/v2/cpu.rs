@@ -161,10 +161,7 @@ mod tests {
         let mut last = 0;
         for s in 2..=SHARES_MAX {
             let w = shares_to_weight(s);
-            assert!(
-                w >= last && w <= WEIGHT_MAX,
-                "shares {s} -> {w} after {last}"
-            );
+            assert!(w >= last && w <= WEIGHT_MAX, "shares {s} -> {w} after {last}");
             last = w;
         }
     }

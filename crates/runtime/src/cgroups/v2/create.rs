@@ -5,9 +5,7 @@ use std::path::Path;
 use crate::cgroups::fs;
 
 /// The v2 controllers a container may use (cgroup.freeze, devices and perf_event need no enabling).
-const WANTED: &[&str] = &[
-    "cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma", "misc",
-];
+const WANTED: &[&str] = &["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma", "misc"];
 
 /// Enables in every ancestor of `dir` from `mount_point` down (not in `dir` itself, which will hold processes)
 /// the wanted controllers the ancestor offers. Failures are not errors here: a controller that cannot be enabled

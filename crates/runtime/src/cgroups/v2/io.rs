@@ -23,17 +23,11 @@ pub(crate) fn apply(dir: &Path, b: &LinuxBlockIo) -> Result<(), CgroupError> {
         ("io.weight", blkio_weight_to_io_weight)
     };
     let needs_weight = b.weight().is_some_and(|w| w != 0)
-        || b.weight_device()
-            .iter()
-            .flatten()
-            .any(|d| d.weight().is_some());
+        || b.weight_device().iter().flatten().any(|d| d.weight().is_some());
     if needs_weight && !fs::has(dir, file) {
         return Err(CgroupError::Unsupported {
             setting: "linux.resources.blockIO weight".into(),
-            reason: format!(
-                "neither io.bfq.weight nor io.weight exists in {}",
-                dir.display()
-            ),
+            reason: format!("neither io.bfq.weight nor io.weight exists in {}", dir.display()),
         });
     }
     if let Some(w) = b.weight().filter(|&w| w != 0) {
@@ -128,10 +122,9 @@ mod tests {
 
     #[test]
     fn io_stat_parsing() {
-        let (b, i) = parse_io_stat(
-            "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n",
-        )
-        .unwrap();
+        let (b, i) =
+            parse_io_stat("8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n")
+                .unwrap();
         assert_eq!(b.len(), 2);
         assert_eq!(
             b[0],

@@ -30,9 +30,7 @@ pub(crate) fn swap_max(m: &LinuxMemory) -> Result<Option<String>, CgroupError> {
         (Some(l), Some(s)) if l > 0 => Ok(Some((s - l).to_string())),
         (_, Some(s)) => Err(CgroupError::InvalidResource {
             setting: "linux.resources.memory.swap".into(),
-            reason: format!(
-                "a memory+swap limit ({s}) on cgroup v2 needs a memory limit to subtract"
-            ),
+            reason: format!("a memory+swap limit ({s}) on cgroup v2 needs a memory limit to subtract"),
         }),
     }
 }
@@ -42,9 +40,7 @@ pub(crate) fn apply(dir: &Path, m: &LinuxMemory) -> Result<(), CgroupError> {
         match fs::write_raw(dir, "memory.swap.max", &value) {
             Ok(()) => {}
             // Without swap accounting there is no file; "no limit" and "no swap" then hold anyway.
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound && (value == "max" || value == "0") => {
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && (value == "max" || value == "0") => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(CgroupError::Unsupported {
                     setting: "linux.resources.memory.swap".into(),
@@ -125,10 +121,7 @@ mod tests {
             swap_max(&mem(Some(100), Some(-1))).unwrap().as_deref(),
             Some("max")
         );
-        assert_eq!(
-            swap_max(&mem(Some(-1), None)).unwrap().as_deref(),
-            Some("max")
-        );
+        assert_eq!(swap_max(&mem(Some(-1), None)).unwrap().as_deref(), Some("max"));
         assert_eq!(swap_max(&mem(Some(100), None)).unwrap(), None);
         assert!(swap_max(&mem(None, Some(300))).is_err());
         assert!(swap_max(&mem(Some(300), Some(100))).is_err());
