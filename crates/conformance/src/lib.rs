@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod caps;
 pub mod host;
+pub mod interop;
 pub mod runtime;
 pub mod tempdir;
 

@@ -9,7 +9,8 @@ const DEFAULT_CAPS: &[&str] = &["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SER
 
 pub fn default_spec() -> Value {
     json!({
-        "ociVersion": vessel_runtime::spec::OCI_VERSION,
+        // The version podman and containerd write; older runtimes (crun 1.8) refuse newer ones.
+        "ociVersion": "1.0.2-dev",
         "process": {
             "terminal": true,
             "user": { "uid": 0, "gid": 0 },
