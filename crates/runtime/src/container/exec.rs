@@ -65,16 +65,21 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
             .map_err(ContainerError::os(format!("join {}", pid_ns.path.display())))?;
     }
     let linux = record.spec.linux().clone().unwrap_or_default();
+    // The seccomp agent's path is a host path: connect before the child enters the container's mounts.
+    let agent = crate::process::connect_seccomp_agent(linux.seccomp().as_ref())?;
+    let state = record.state_json(Status::Running).to_string();
     let (parent_end, child_end) = channel::pair()?;
     let child = clone_child(CloneFlags::empty(), || {
-        let e = child_main(
-            &child_end,
-            &namespaces,
-            &opts.process,
-            &linux,
-            console.as_ref().map(|c| c.as_raw_fd()),
-            opts.preserve_fds,
-        );
+        let e = child_main(ExecChild {
+            channel: &child_end,
+            namespaces: &namespaces,
+            process: &opts.process,
+            linux: &linux,
+            console_fd: console.as_ref().map(|c| c.as_raw_fd()),
+            preserve_fds: opts.preserve_fds,
+            agent: agent.as_ref(),
+            state: &state,
+        });
         let _ = child_end.send(&Message::Failed(e));
         1
     })?;
@@ -148,14 +153,29 @@ fn container_namespaces(spec: &oci_spec::runtime::Spec, pid: i32) -> Result<Vec<
     Ok(out)
 }
 
-fn child_main(
-    channel: &Channel,
-    namespaces: &[Joined],
-    process: &Process,
-    linux: &oci_spec::runtime::Linux,
+/// What the forked exec process needs.
+struct ExecChild<'a> {
+    channel: &'a Channel,
+    namespaces: &'a [Joined],
+    process: &'a Process,
+    linux: &'a oci_spec::runtime::Linux,
     console_fd: Option<i32>,
     preserve_fds: i32,
-) -> String {
+    agent: Option<&'a std::os::unix::net::UnixStream>,
+    state: &'a str,
+}
+
+fn child_main(c: ExecChild) -> String {
+    let ExecChild {
+        channel,
+        namespaces,
+        process,
+        linux,
+        console_fd,
+        preserve_fds,
+        agent,
+        state,
+    } = c;
     let run = || -> Result<Finisher, String> {
         channel
             .expect(Message::Proceed, "the parent's go-ahead")
@@ -177,8 +197,9 @@ fn child_main(
         if let Some(limits) = process.rlimits() {
             rlimits::apply(limits).map_err(|e| e.to_string())?;
         }
-        let f = Finisher::new(process, linux.seccomp().as_ref(), preserve_fds, None)
+        let mut f = Finisher::new(process, linux.seccomp().as_ref(), preserve_fds, None)
             .map_err(|e| e.to_string())?;
+        f.use_agent_connection(agent.and_then(|a| a.try_clone().ok()));
         f.change_dir().map_err(|e| e.to_string())?;
         Ok(f)
     };
@@ -187,7 +208,7 @@ fn child_main(
             if let Err(e) = channel.send(&Message::Ready) {
                 return e.to_string();
             }
-            f.finish("{}").to_string()
+            f.finish(state).to_string()
         }
         Err(e) => e,
     }

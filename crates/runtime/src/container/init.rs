@@ -176,6 +176,7 @@ fn continue_as_init(ctx: &InitContext) -> Result<Stage, String> {
         .map_err(|e| format!("Cannot open the exec fifo: {e}"))?;
     // SAFETY: open just returned this descriptor and nothing else owns it.
     let fifo = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fifo) };
+    let agent = crate::process::connect_seccomp_agent(linux.seccomp().as_ref()).map_err(err)?;
     if new_mnt {
         rootfs::switch_root(&ctx.bundle.rootfs, ctx.no_pivot).map_err(err)?;
     }
@@ -198,13 +199,14 @@ fn continue_as_init(ctx: &InitContext) -> Result<Stage, String> {
         rlimits::apply(limits).map_err(err)?;
     }
     set_personality(spec)?;
-    let finisher = Finisher::new(
+    let mut finisher = Finisher::new(
         process,
         linux.seccomp().as_ref(),
         ctx.preserve_fds,
         ctx.listen_fds,
     )
     .map_err(err)?;
+    finisher.use_agent_connection(agent);
     finisher.change_dir().map_err(err)?;
     ctx.channel.send(&Message::Ready).map_err(err)?;
 

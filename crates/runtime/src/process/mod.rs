@@ -9,7 +9,8 @@ pub mod exec;
 pub mod labels;
 pub mod rlimits;
 
-use std::path::Path;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
@@ -44,7 +45,8 @@ pub struct Finisher {
     process: Process,
     program: exec::Program,
     filter: Option<seccomp::Filter>,
-    notify_listener: Option<(String, String)>,
+    /// The seccomp agent: its path (for messages), a connection made before the root switch, the metadata.
+    notify_listener: Option<(PathBuf, Option<UnixStream>, String)>,
     preserve_fds: i32,
 }
 
@@ -88,12 +90,8 @@ impl Finisher {
         let program = exec::Program::new(path, &args, &env)?;
         let filter = seccomp.map(seccomp::build_filter).transpose()?;
         let notify_listener = seccomp.and_then(|s| {
-            s.listener_path().as_ref().map(|p| {
-                (
-                    p.display().to_string(),
-                    s.listener_metadata().clone().unwrap_or_default(),
-                )
-            })
+            let path = s.listener_path().clone()?;
+            Some((path, None, s.listener_metadata().clone().unwrap_or_default()))
         });
         labels::check(process)?;
         Ok(Finisher {
@@ -103,6 +101,13 @@ impl Finisher {
             notify_listener,
             preserve_fds,
         })
+    }
+
+    /// Use a connection to the seccomp agent made earlier (see [`connect_seccomp_agent`]).
+    pub fn use_agent_connection(&mut self, connection: Option<UnixStream>) {
+        if let (Some((_, stream, _)), Some(c)) = (&mut self.notify_listener, connection) {
+            *stream = Some(c);
+        }
     }
 
     pub fn change_dir(&self) -> Result<(), ProcessError> {
@@ -155,13 +160,26 @@ impl Finisher {
     fn load_seccomp(&mut self, state_json: &str) -> Result<(), ProcessError> {
         if let Some(filter) = self.filter.take() {
             if let Some(fd) = filter.load()? {
-                if let Some((listener, metadata)) = &self.notify_listener {
-                    seccomp::send_notify_fd(Path::new(listener), &fd, state_json.as_bytes(), metadata)?;
+                if let Some((path, stream, metadata)) = self.notify_listener.take() {
+                    let state = state_json.as_bytes();
+                    match stream {
+                        Some(s) => seccomp::send_notify_fd_over(s, &path, &fd, state, &metadata)?,
+                        None => seccomp::send_notify_fd(&path, &fd, state, &metadata)?,
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Connect to the seccomp agent while its (host) path is still reachable, before the root switch.
+pub fn connect_seccomp_agent(seccomp: Option<&LinuxSeccomp>) -> Result<Option<UnixStream>, ProcessError> {
+    let Some(path) = seccomp.and_then(|s| s.listener_path().clone()) else {
+        return Ok(None);
+    };
+    let stream = UnixStream::connect(&path).map_err(|source| seccomp::SeccompError::Send { path, source })?;
+    Ok(Some(stream))
 }
 
 /// Mark every descriptor from `first` up close-on-exec, so nothing of the runtime leaks into the container.

@@ -46,7 +46,7 @@ use libseccomp::error::{SeccompErrno, SeccompError as ScmpError};
 use libseccomp::{ScmpAction, ScmpArch, ScmpFilterContext, ScmpSyscall, ScmpVersion};
 use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompFilterFlag};
 
-pub use notify::send_notify_fd;
+pub use notify::{send_notify_fd, send_notify_fd_over};
 
 /// Syscalls that may not carry `SCMP_ACT_NOTIFY`: the runtime's init uses them after the filter is loaded
 /// and before the agent holds the notify fd, so a notification would wait forever.

@@ -44,12 +44,27 @@ pub fn send_notify_fd(
     state_json: &[u8],
     metadata: &str,
 ) -> Result<(), SeccompError> {
+    let stream = UnixStream::connect(listener_path).map_err(|source| SeccompError::Send {
+        path: listener_path.to_path_buf(),
+        source,
+    })?;
+    send_notify_fd_over(stream, listener_path, fd, state_json, metadata)
+}
+
+/// Like [`send_notify_fd`] over a connection made earlier: the container's init connects before it changes
+/// root (the listener path is a host path) and sends once the filter is loaded, just before exec.
+pub fn send_notify_fd_over(
+    stream: UnixStream,
+    listener_path: &Path,
+    fd: impl AsFd,
+    state_json: &[u8],
+    metadata: &str,
+) -> Result<(), SeccompError> {
     let payload = process_state(listener_path, state_json, metadata)?;
     let send_err = |source: std::io::Error| SeccompError::Send {
         path: listener_path.to_path_buf(),
         source,
     };
-    let stream = UnixStream::connect(listener_path).map_err(send_err)?;
     let socket = stream.as_raw_fd();
     let fds = [fd.as_fd().as_raw_fd()];
     let rights = [ControlMessage::ScmRights(&fds)];
