@@ -7,7 +7,9 @@ mod info;
 mod init;
 mod kill;
 mod pause;
+mod run;
 mod start;
+mod tty_relay;
 mod update;
 mod validate;
 
@@ -19,6 +21,7 @@ pub use exec::{exec, ExecOptions};
 pub use info::{list, ps_pids, state, stats, ContainerSummary};
 pub use kill::{kill, parse_signal};
 pub use pause::{pause, resume};
+pub use run::{run, RunOptions};
 pub use start::start;
 pub use update::update;
 

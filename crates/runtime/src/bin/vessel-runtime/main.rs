@@ -2,7 +2,6 @@
 
 mod cli;
 mod exec_args;
-mod run;
 mod templates;
 mod update_args;
 
@@ -110,7 +109,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Start { id } => container::start(&rt, &id)?,
         Command::Run { create, detach, keep } => {
-            return run::run(&rt, &create_options(&create), detach, keep)
+            let opts = container::RunOptions {
+                create: create_options(&create),
+                detach,
+                keep,
+            };
+            return Ok(container::run(&rt, &opts)? as u8);
         }
         Command::State { id } => {
             let state = container::state(&rt, &id)?;
