@@ -17,3 +17,4 @@ pub mod sealed_exe;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod units;

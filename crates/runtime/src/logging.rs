@@ -56,3 +56,19 @@ pub fn warn(msg: &str) {
 pub fn error(msg: &str) {
     write("error", msg, true);
 }
+
+/// An error and its causes on one line, without repeating a cause the message already names (our error
+/// types often print their source inline).
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg.replace('\n', " ")
+}

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            logging::error(&one_line(&e));
+            logging::error(&logging::one_line(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -136,19 +136,6 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Features => println!("{}", serde_json::to_string_pretty(&templates::features())?),
     }
     Ok(0)
-}
-
-/// The error and its causes on one line, without repeating a cause the message already names.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-    }
-    msg.replace('\n', " ")
 }
 
 fn create_options(a: &cli::CreateArgs) -> CreateOptions {

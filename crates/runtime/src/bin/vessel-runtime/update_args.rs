@@ -2,32 +2,13 @@
 
 use std::io::Read;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxPids, LinuxResources};
 use vessel_runtime::container::{self, Runtime};
 
 use crate::cli::UpdateArgs;
 
-/// `1024`, `512k`, `100m`, `1g` → bytes; `-1` stays unlimited.
-pub fn parse_bytes(s: &str) -> Result<i64> {
-    let t = s.trim().to_ascii_lowercase();
-    if t == "-1" {
-        return Ok(-1);
-    }
-    let t = t.trim_end_matches('b');
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: i64 = num
-        .parse()
-        .map_err(|_| anyhow!("Invalid size {s:?}: use a number with an optional k, m, g suffix"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow!("Size {s:?} is too large"))
-}
+use vessel_runtime::units::parse_bytes;
 
 pub fn update(rt: &Runtime, a: UpdateArgs) -> Result<()> {
     let mut res: LinuxResources = match a.resources.as_deref() {
@@ -101,18 +82,4 @@ pub fn update(rt: &Runtime, a: UpdateArgs) -> Result<()> {
     }
     container::update(rt, &a.id, &res)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_bytes("1024").unwrap(), 1024);
-        assert_eq!(parse_bytes("100m").unwrap(), 100 << 20);
-        assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_bytes("-1").unwrap(), -1);
-        assert!(parse_bytes("lots").is_err());
-    }
 }
