@@ -262,11 +262,12 @@ impl ContainerRecord {
         if !self.init_alive() {
             return Status::Stopped;
         }
-        if state_dir.fifo_path().exists() {
-            return Status::Created;
-        }
+        // Frozen first: a created container can be paused too, and resumes to created.
         if self.cgroup.is_frozen().unwrap_or(false) {
             return Status::Paused;
+        }
+        if state_dir.fifo_path().exists() {
+            return Status::Created;
         }
         Status::Running
     }

@@ -136,8 +136,9 @@ fn invalid(rule: &LinuxDeviceCgroup, reason: String) -> CgroupError {
 }
 
 /// The device rules runc adds to every container: mknod of any device, and use of the standard character
-/// devices (null, zero, full, random, urandom, tty, console, ptmx, pts/*, net/tun). A caller that builds the
-/// container's device list appends the spec's own rules after these.
+/// devices (null, zero, full, random, urandom, tty, console, ptmx, pts/*, net/tun). The container's list puts
+/// these after the spec's own rules (the last matching rule wins), so a config cannot take them away, as in
+/// runc.
 pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
     let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
         let mut b = LinuxDeviceCgroupBuilder::default()

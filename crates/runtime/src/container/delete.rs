@@ -34,8 +34,9 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), ContainerError>
             })
         }
     }
-    if status != Status::Stopped {
-        kill_all(&record, status)?;
+    // Even a stopped container can leave processes in its cgroup when it had no pid namespace of its own.
+    if status != Status::Stopped || !record.cgroup.pids().unwrap_or_default().is_empty() {
+        kill_all(&record)?;
     }
     record.cgroup.destroy()?;
     sd.remove()?;
@@ -52,12 +53,13 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), ContainerError>
 }
 
 /// SIGKILL the init and everything in the cgroup, and wait until they are gone.
-fn kill_all(record: &ContainerRecord, status: Status) -> Result<(), ContainerError> {
+fn kill_all(record: &ContainerRecord) -> Result<(), ContainerError> {
     let _ = signal::kill(Pid::from_raw(record.pid), Signal::SIGKILL);
     for pid in record.cgroup.pids().unwrap_or_default() {
         let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
-    if status == Status::Paused {
+    // Frozen processes die only once thawed.
+    if record.cgroup.is_frozen().unwrap_or(false) {
         record.cgroup.thaw()?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -20,6 +20,7 @@ pub fn resume(rt: &Runtime, id: &str) -> Result<(), ContainerError> {
     let sd = rt.open(id, true)?;
     let record = sd.load()?;
     match record.status(&sd) {
+        // Resumes to created or running, whichever it was.
         Status::Paused => Ok(record.cgroup.thaw()?),
         status => Err(ContainerError::WrongStatus {
             id: id.into(),

@@ -182,6 +182,7 @@ pub struct ExecArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
 pub struct UpdateArgs {
     /// LinuxResources JSON file, or - for stdin.
     #[arg(short, long)]
@@ -259,6 +260,15 @@ mod tests {
             &["vessel-runtime", "delete", "--force", "c1"],
             &["vessel-runtime", "spec", "--rootless"],
             &["vessel-runtime", "update", "--resources", "-", "c1"],
+            &[
+                "vessel-runtime",
+                "update",
+                "--memory",
+                "-1",
+                "--pids-limit",
+                "-1",
+                "c1",
+            ],
         ] {
             super::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }

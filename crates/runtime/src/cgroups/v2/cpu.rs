@@ -71,7 +71,9 @@ pub(crate) fn apply(dir: &Path, cpu: &LinuxCpu) -> Result<(), CgroupError> {
             fs::write(dir, "cpu.idle", idle)?;
         }
     }
-    if let Some(shares) = cpu.shares().filter(|&s| s != 0) {
+    // An idle cgroup has no weight: the kernel refuses cpu.weight there.
+    let idle = cpu.idle().is_some_and(|i| i != 0);
+    if let Some(shares) = cpu.shares().filter(|&s| s != 0 && !idle) {
         fs::write(dir, "cpu.weight", shares_to_weight(shares))?;
     }
     let quota = cpu.quota().filter(|&q| q != 0);
