@@ -7,8 +7,9 @@
 //!
 //! vessel-runtime instead runs the commands that put a process into a container (create, run, exec) from a
 //! **read-only bind mount** of its own binary, made once per boot and binary under /run/vessel/sealed. Every process
-//! it forks into a container then has `/proc/self/exe` on a read-only mount: opening it for writing fails with
-//! EROFS whatever the container's capabilities. The cost is one re-exec on those commands, and nothing on the
+//! it forks into a container then has `/proc/self/exe` on a read-only mount: opening it for writing fails
+//! whatever the container's capabilities (EROFS for the exploit's O_WRONLY|O_TRUNC; a plain write-open may
+//! report ETXTBSY first while the binary runs). The cost is one re-exec on those commands, and nothing on the
 //! others. Until it execs the container's program, the process is also non-dumpable, so other container
 //! processes cannot open its `/proc/PID/exe` at all.
 

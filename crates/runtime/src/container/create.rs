@@ -125,10 +125,16 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<ContainerRecord, Con
     )
     .map_err(ContainerError::os(format!("chmod {}", fifo.display())))?;
 
+    // Socket activation (sd_listen_fds): the fds are ours only if LISTEN_PID names us.
+    let listen_pid_is_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
     let listen_fds = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
-        .filter(|n| *n > 0);
+        .filter(|n| *n > 0)
+        .filter(|_| listen_pid_is_us);
     let preserve_fds = opts.preserve_fds + listen_fds.unwrap_or(0);
     let (parent_end, child_end) = channel::pair()?;
     let joins_user = plan.joins(LinuxNamespaceType::User);

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use nix::sched::{setns, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
@@ -42,13 +42,23 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
         }
         (record, sd)
     };
-    if opts.process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+    let wants_tty = opts.process.terminal().unwrap_or(false);
+    if wants_tty && opts.console_socket.is_none() && opts.detach {
         return Err(ContainerError::Config(
-            "process.terminal is true but no --console-socket was given".into(),
+            "process.terminal is true but no --console-socket was given for a detached exec".into(),
         ));
     }
-    let console = opts
+    // A terminal with nobody to take it: we take it and relay it, as `run` does.
+    let relay_socket = if wants_tty && opts.console_socket.is_none() {
+        Some(super::tty_relay::ConsoleSocket::bind(&opts.id)?)
+    } else {
+        None
+    };
+    let console_path = opts
         .console_socket
+        .clone()
+        .or_else(|| relay_socket.as_ref().map(|s| s.path.clone()));
+    let console = console_path
         .as_ref()
         .map(|p| {
             UnixStream::connect(p).map_err(|source| ContainerError::Io {
@@ -115,14 +125,11 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
     if opts.detach {
         return Ok(None);
     }
-    loop {
-        match waitpid(Pid::from_raw(child), None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(ContainerError::os("wait for the exec process")(e)),
-        }
-    }
+    let relay = relay_socket
+        .map(|s| s.receive())
+        .transpose()
+        .map_err(reap_on_error)?;
+    Ok(Some(super::run::wait_forwarding(child, relay)?))
 }
 
 /// The namespaces of the container's init that differ from ours, user first and mount last.

@@ -75,7 +75,7 @@ pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<i32, ContainerError> {
 }
 
 /// Reap children until the init exits, forwarding the usual signals to it and relaying its terminal.
-fn wait_forwarding(init: i32, relay: Option<TerminalRelay>) -> Result<i32, ContainerError> {
+pub(super) fn wait_forwarding(init: i32, relay: Option<TerminalRelay>) -> Result<i32, ContainerError> {
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(*s);

@@ -195,7 +195,7 @@ pub struct UpdateArgs {
     pub memory_reservation: Option<String>,
     #[arg(long = "kernel-memory", hide = true)]
     pub kernel_memory: Option<String>,
-    #[arg(long = "cpu-shares")]
+    #[arg(long = "cpu-share", alias = "cpu-shares")]
     pub cpu_shares: Option<u64>,
     #[arg(long = "cpu-quota")]
     pub cpu_quota: Option<i64>,
