@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   runc crun busybox-static podman containerd skopeo uidmap jq util-linux iproute2
   libseccomp-dev pkg-config
+  docker-registry apache2-utils openssl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,1 +1,104 @@
-fn main() {}
+//! `vessel`: the user's command line. Today: images (pull, push, import, save/load, tag, inspect, rm, prune)
+//! and `vessel run` of a container from an image; microVMs and the daemon come later.
+
+mod cli;
+mod containers;
+mod images;
+mod output;
+mod run;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use vessel_runtime::logging;
+
+use cli::{Cli, Command, ImageCommand};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("vessel: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vessel: {}", logging::one_line(e.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    let g = cli.global;
+    match cli.command {
+        Command::Run(a) => return run::run(&g, a),
+        Command::Ps { all, format } => containers::ps(&g, all, &format)?,
+        Command::Rm { force, ids } => containers::rm(&g, force, &ids)?,
+        Command::Pull {
+            reference,
+            insecure,
+            ca_file,
+            username,
+            password,
+        } => images::pull(&g, &reference, insecure, ca_file, username, password)?,
+        Command::Push {
+            image,
+            destination,
+            insecure,
+            ca_file,
+            username,
+            password,
+        } => images::push(
+            &g,
+            &image,
+            destination.as_deref(),
+            insecure,
+            ca_file,
+            username,
+            password,
+        )?,
+        Command::Images { format } => images::list(&g, &format)?,
+        Command::Tag { image, name } => images::tag(&g, &image, &name)?,
+        Command::Save {
+            images: names,
+            output,
+        } => images::save(&g, &names, &output)?,
+        Command::Load { input } => images::load(&g, &input)?,
+        Command::Rmi { images: names } => images::remove(&g, &names)?,
+        Command::Image(ImageCommand::Ls { format }) => images::list(&g, &format)?,
+        Command::Image(ImageCommand::Inspect { images: names }) => images::inspect(&g, &names)?,
+        Command::Image(ImageCommand::Rm { images: names }) => images::remove(&g, &names)?,
+        Command::Image(ImageCommand::Prune) => images::prune(&g)?,
+        Command::Image(ImageCommand::Unpack { images: names }) => images::unpack(&g, &names)?,
+        Command::Image(ImageCommand::Tag { image, name }) => images::tag(&g, &image, &name)?,
+        Command::Image(ImageCommand::Save {
+            images: names,
+            output,
+        }) => images::save(&g, &names, &output)?,
+        Command::Image(ImageCommand::Load { input }) => images::load(&g, &input)?,
+        Command::Image(ImageCommand::Import { source, name, change }) => {
+            images::import(&g, &source, &name, &change)?
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,197 @@
+//! The command line of `vessel`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "vessel", version, about = "vessel: isolated compute from OCI images")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Where images and containers live.
+    #[arg(long, global = true, default_value = "/var/lib/vessel")]
+    pub root: PathBuf,
+    /// The container runtime's state directory.
+    #[arg(long = "runtime-root", global = true, default_value = "/run/vessel/runtime")]
+    pub runtime_root: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container (and its writable layer) when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open (the container's stdin is ours either way).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set environment variables (KEY=VALUE).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Memory limit, e.g. 64m or 1g.
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// CPU limit as a number of CPUs, e.g. 0.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    #[arg(long = "pids-limit")]
+    pub pids_limit: Option<i64>,
+    /// User (name or uid) and optional group: USER[:GROUP].
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Container name (default: a random id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command in a new container from an image, in the foreground.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Pull an image from a registry.
+    Pull {
+        reference: String,
+        /// Plain HTTP, or HTTPS without certificate verification.
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long = "ca-file")]
+        ca_file: Option<PathBuf>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Push an image to a registry.
+    Push {
+        image: String,
+        /// Where to push (default: the image's own name).
+        destination: Option<String>,
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long = "ca-file")]
+        ca_file: Option<PathBuf>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List images.
+    Images {
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Give an image another name.
+    Tag { image: String, name: String },
+    /// Write images to an archive (docker save format).
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Load images from an archive (docker save or OCI archive).
+    Load {
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// Remove images.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Show images' manifests and configs as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove blobs and unpacked layers no image uses.
+    Prune,
+    /// Unpack an image's layers now (they are otherwise unpacked on first run).
+    Unpack {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag { image: String, name: String },
+    /// Write images to an archive.
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Load images from an archive.
+    Load {
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// Make an image from a root filesystem directory or tarball.
+    Import {
+        source: PathBuf,
+        name: String,
+        /// Image config: CMD ["..."], ENTRYPOINT ["..."], ENV K=V, WORKDIR /d, USER u (Dockerfile syntax).
+        #[arg(short, long)]
+        change: Vec<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}
