@@ -152,6 +152,15 @@ fn pull_multi_layer_gzip_zstd_and_tar_in_parallel_then_again_without_downloads()
         let digest = layer["digest"].as_str().unwrap();
         assert_eq!(file_digest(&s.store.blob_path(&digest.parse().unwrap())), digest);
     }
+    // The pulled layers unpack (gzip, zstd, and the tar skopeo gzipped).
+    let dirs = s.store.layer_dirs(&record).unwrap();
+    assert_eq!(dirs.len(), 3);
+    assert!(dirs[0].join("bin/busybox").is_file() && dirs[0].join("bin/sh").is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(dirs[1].join("etc/hello.txt")).unwrap(),
+        "hello from a zstd layer\n"
+    );
+    assert!(dirs[2].join("etc/motd").is_file());
     let blob_gets = |p: &FaultProxy| {
         p.requests()
             .iter()
@@ -486,4 +495,33 @@ fn full_disk_leaves_the_store_unchanged() {
     assert!(matches!(err, RegistryError::DiskFull { .. }), "{err:?}");
     assert!(err.to_string().contains("busybox:latest"), "{err}");
     assert!(names(&store).is_empty());
+}
+
+#[test]
+fn wrong_image_name_is_an_error() {
+    let f = fixture();
+    let s = new_store();
+    // Reference::parse refuses such names; one built by hand is refused before anything is sent.
+    let r = Reference {
+        registry: f.registry.addr.clone(),
+        repository: "Bad_Name/..".to_string(),
+        tag: Some("latest".to_string()),
+        digest: None,
+    };
+    let err = pull(&s.store, &r, &opts(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::NameInvalid { .. }), "{err:?}");
+    assert!(err.to_string().contains("Bad_Name"), "{err}");
+    assert!(Reference::parse(&format!("{}/Bad_Name/..:latest", f.registry.addr)).is_err());
+    assert!(names(&s.store).is_empty());
+}
+
+#[test]
+fn plain_http_registry_needs_insecure() {
+    let f = fixture();
+    let s = new_store();
+    let r = reference(&f.registry.addr, "busybox:latest");
+    let err = pull(&s.store, &r, &RegistryOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains("insecure"), "{err}");
+    assert!(names(&s.store).is_empty());
 }

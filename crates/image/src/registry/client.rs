@@ -106,7 +106,22 @@ impl Client {
             return Ok(client);
         };
         if !opts.insecure {
-            return Err(secure);
+            return Err(match secure {
+                RegistryError::Unreachable {
+                    image,
+                    registry,
+                    reason,
+                } if !reason.contains("refused") => {
+                    let reason =
+                        format!("{reason} (a registry that serves plain HTTP needs the insecure option)");
+                    RegistryError::Unreachable {
+                        image,
+                        registry,
+                        reason,
+                    }
+                }
+                other => other,
+            });
         }
         client.base = format!("http://{host}");
         match client.ping() {

@@ -43,7 +43,7 @@ pub enum RegistryError {
         target: String,
     },
 
-    #[error("Registry {registry} refused the image name {image}: {reason}")]
+    #[error("Invalid image name {image} (registry {registry}): {reason}")]
     NameInvalid {
         image: String,
         registry: String,

@@ -39,6 +39,8 @@ mod push;
 
 use std::path::PathBuf;
 
+use crate::reference::Reference;
+
 pub use error::RegistryError;
 pub use progress::{NoProgress, TerminalProgress};
 pub use pull::pull;
@@ -48,6 +50,57 @@ pub use push::push;
 pub(crate) fn short(digest: &str) -> &str {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     &hex[..hex.len().min(12)]
+}
+
+/// Checks a reference against the distribution spec's grammar before it is sent anywhere: repository
+/// components of lowercase letters and digits joined by `.`, `_`, `__` or dashes; tags `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub(crate) fn check_reference(r: &Reference) -> Result<(), RegistryError> {
+    let invalid = |reason: String| RegistryError::NameInvalid {
+        image: r.to_string(),
+        registry: r.registry.clone(),
+        reason,
+    };
+    let component_ok = |c: &str| {
+        let b = c.as_bytes();
+        let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+            return false;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && !alnum(b[i]) {
+                i += 1;
+            }
+            let sep = &c[start..i];
+            if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+                return false;
+            }
+        }
+        true
+    };
+    if r.repository.len() > 255 || !r.repository.split('/').all(component_ok) {
+        return Err(invalid(format!(
+            "repository {:?} is not a valid name (lowercase letters and digits, separated by '.', '_', '__', '-' or '/')",
+            r.repository
+        )));
+    }
+    if let Some(tag) = &r.tag {
+        let b = tag.as_bytes();
+        let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && word(b[0])
+            && b.iter().all(|&x| word(x) || x == b'.' || x == b'-');
+        if !ok {
+            return Err(invalid(format!("tag {tag:?} is not a valid tag")));
+        }
+    }
+    Ok(())
 }
 
 /// How to talk to a registry.
@@ -90,4 +143,42 @@ pub trait Progress {
     fn layer_advance(&self, digest: &str, bytes: u64);
     fn layer_done(&self, digest: &str);
     fn message(&self, line: &str);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(repository: &str, tag: Option<&str>) -> Reference {
+        Reference {
+            registry: "localhost:5000".into(),
+            repository: repository.into(),
+            tag: tag.map(str::to_string),
+            digest: None,
+        }
+    }
+
+    #[test]
+    fn reference_grammar() {
+        for ok in ["busybox", "library/busybox", "a/b-c/d__e/f.g", "x--y", "0abc"] {
+            assert!(check_reference(&r(ok, Some("v1.2-rc_3"))).is_ok(), "{ok}");
+        }
+        for bad in [
+            "Busybox",
+            "a//b",
+            "a/",
+            "-a",
+            "a-",
+            "a..b",
+            "a___b",
+            "Bad_Name/..",
+            "",
+        ] {
+            let err = check_reference(&r(bad, None)).unwrap_err();
+            assert!(matches!(err, RegistryError::NameInvalid { .. }), "{bad}");
+        }
+        for bad in ["", ".x", "-x", "a:b", &"x".repeat(129)] {
+            assert!(check_reference(&r("ok", Some(bad))).is_err(), "{bad}");
+        }
+    }
 }

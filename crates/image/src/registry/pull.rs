@@ -25,6 +25,7 @@ pub fn pull(
     progress: &dyn Progress,
 ) -> Result<ImageRecord, RegistryError> {
     let image = reference.to_string();
+    super::check_reference(reference)?;
     let client = Client::connect(&reference.registry, &image, opts)?;
     let repo = reference.repository.as_str();
     let scopes = vec![format!("repository:{repo}:pull")];
@@ -202,7 +203,7 @@ fn download(ctx: &Ctx, desc: &Descriptor, r: &Reporter) -> Result<(), RegistryEr
         return Ok(());
     }
     r.start(&desc.digest, desc.size);
-    let store_err = |e| RegistryError::store(image, e);
+    let store_err = |e: StoreError| RegistryError::store(image, e);
     let mut writer = ctx.store.resume_blob(&digest).map_err(store_err)?;
     if writer.offset() > 0 && writer.offset() <= desc.size {
         let short = super::short(&desc.digest);
@@ -331,9 +332,6 @@ fn get(ctx: &Ctx, desc: &Descriptor, writer: &mut BlobWriter, r: &Reporter) -> R
         writer
             .write_all(chunk)
             .map_err(|e| Fail::Fatal(RegistryError::store_write(image, &desc.digest, e)))?;
-        if let Some(h) = hasher.as_mut() {
-            h.update(chunk);
-        }
         r.advance(&desc.digest, chunk.len() as u64);
     }
     if writer.offset() < desc.size {

@@ -26,6 +26,7 @@ pub fn push(
     progress: &dyn Progress,
 ) -> Result<(), RegistryError> {
     let image = remote.to_string();
+    super::check_reference(remote)?;
     let record = store.find(local).map_err(|source| RegistryError::LocalImage {
         image: local.to_string(),
         source,

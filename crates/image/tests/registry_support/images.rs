@@ -54,6 +54,18 @@ impl Layout {
     }
 }
 
+/// A tar header owned by root, with a fixed mtime.
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
 fn tar_layer(entries: &[(&str, &[u8], u32)], symlinks: &[(&str, &str)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs: Vec<String> = Vec::new();
@@ -65,28 +77,17 @@ fn tar_layer(entries: &[(&str, &[u8], u32)], symlinks: &[(&str, &str)]) -> Vec<u
         if let Some((dir, _)) = path.rsplit_once('/') {
             if !dirs.iter().any(|d| d == dir) {
                 dirs.push(dir.to_string());
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                h.set_mtime(1_700_000_000);
+                let mut h = header(tar::EntryType::Directory, 0o755, 0);
                 builder.append_data(&mut h, format!("{dir}/"), &b""[..]).unwrap();
             }
         }
     }
     for (path, data, mode) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
+        let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64);
         builder.append_data(&mut h, path, *data).unwrap();
     }
     for (path, target) in symlinks {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(1_700_000_000);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         builder.append_link(&mut h, path, target).unwrap();
     }
     builder.into_inner().unwrap()
