@@ -44,6 +44,8 @@ pub fn send_notify_fd(
     state_json: &[u8],
     metadata: &str,
 ) -> Result<(), SeccompError> {
+    // A bad state is refused before anything is sent.
+    process_state(listener_path, state_json, metadata)?;
     let stream = UnixStream::connect(listener_path).map_err(|source| SeccompError::Send {
         path: listener_path.to_path_buf(),
         source,
