@@ -6,6 +6,10 @@
 //! journal mkfs will create for that size, and a margin for group metadata; rounded up to a MiB. No blocks are
 //! reserved for root (`-m 0`): the free space asked for is what the guest can use. If mkfs still runs out
 //! of space, the image is retried 25% larger.
+//!
+//! [`build_ext4`] checks each layer's uncompressed digest against the config's diff ids, and holds an flock
+//! on its temporary directory (the store's cleanup of `tmp/` leaves locked entries alone). mkfs.ext4 -d does
+//! not copy the top directory's metadata: the image's `/` is always 0755 root:root.
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,8 +18,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::store::{Digest, ImageRecord, Store, StoreError};
-use crate::unpack::{apply_layer_flat, UnpackError};
+use crate::unpack::{unpack_layer_with, UnpackError, UnpackOptions};
 
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
@@ -26,7 +32,7 @@ const ATTEMPTS: u32 = 4;
 pub enum Ext4Error {
     #[error("Cannot read image {image} from the store: {source}")]
     Store { image: String, source: StoreError },
-    #[error("Image {image} has a bad layer digest {digest}: {reason}")]
+    #[error("Image {image} has a bad layer {digest}: {reason}")]
     LayerDigest {
         image: String,
         digest: String,
@@ -79,7 +85,17 @@ pub fn build_ext4(store: &Store, image: &ImageRecord, out: &Path, free_bytes: u6
         path: tmp.0.clone(),
         source,
     })?;
-    for layer in manifest.layers() {
+    // A lease: the store's cleanup of tmp/ skips entries someone holds an flock on.
+    let lease_err = |source| Ext4Error::Io {
+        op: "lock",
+        path: tmp.0.clone(),
+        source,
+    };
+    let dir = fs::File::open(&tmp.0).map_err(lease_err)?;
+    let _lease = Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| lease_err(e.into()))?;
+    let config = store.config(image).map_err(store_err)?;
+    let diff_ids = config.rootfs().diff_ids();
+    for (i, layer) in manifest.layers().iter().enumerate() {
         let digest_str = layer.digest().to_string();
         let digest: Digest = digest_str
             .parse()
@@ -88,12 +104,22 @@ pub fn build_ext4(store: &Store, image: &ImageRecord, out: &Path, free_bytes: u6
                 digest: digest_str.clone(),
                 reason: e.to_string(),
             })?;
-        apply_layer_flat(&store.blob_path(&digest), layer.media_type().as_ref(), &tmp.0).map_err(
-            |source| Ext4Error::Unpack {
+        let blob = store.blob_path(&digest);
+        let got = unpack_layer_with(&blob, layer.media_type().as_ref(), &tmp.0, &UnpackOptions::flat())
+            .map_err(|source| Ext4Error::Unpack {
                 image: image.name.clone(),
                 source,
-            },
-        )?;
+            })?;
+        // The config's diff ids describe what the layers hold: a mismatch is a broken or forged image.
+        if let Some(want) = diff_ids.get(i) {
+            if *want != got.diff_id {
+                return Err(Ext4Error::LayerDigest {
+                    image: image.name.clone(),
+                    digest: digest_str,
+                    reason: format!("uncompressed digest {} but the config says {want}", got.diff_id),
+                });
+            }
+        }
     }
     build_ext4_from_dir(&tmp.0, out, free_bytes)
 }

@@ -158,7 +158,23 @@ fn ext4_from_a_stored_image() {
     let img = s.target.join("disk.ext4");
     build_ext4(&store, &image, &img, 16 << 20).unwrap();
     check_image(&img, 16 << 20);
-    // The flattened tree was removed from the store's tmp/.
+    // A config whose diff ids do not match the layers is refused.
+    let bad_config = config.replace(&diff1, &sha(b"something else"));
+    let dbc = store.put_blob_bytes(bad_config.as_bytes()).unwrap();
+    let bad_manifest = manifest.replace(&dc.to_string(), &dbc.to_string()).replace(
+        &format!("\"size\":{}}}", config.len()),
+        &format!("\"size\":{}}}", bad_config.len()),
+    );
+    let dbm = store.put_blob_bytes(bad_manifest.as_bytes()).unwrap();
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    store
+        .set_name("vessel/ext4-bad:latest", &dbm, mt, bad_manifest.len() as u64)
+        .unwrap();
+    let bad = store.find("vessel/ext4-bad:latest").unwrap();
+    let e = build_ext4(&store, &bad, &s.target.join("bad.ext4"), 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("the config says"), "{e}");
+    assert!(!s.target.join("bad.ext4").exists());
+    // The flattened trees were removed from the store's tmp/.
     let tmp = s.target.join("store/tmp");
     assert!(
         !tmp.exists()

@@ -1,26 +1,60 @@
 //! The image store: an OCI image layout under `<root>/images` (readable and writable by skopeo, umoci and
 //! podman), a name index in its index.json, unpacked layers under `<root>/layers`, and a lock that keeps
 //! concurrent commands from corrupting it. See DESIGN.md for the on-disk layout.
+//!
+//! - Blobs are written to `<root>/tmp`, hashed, fsynced and renamed into `images/blobs/sha256` ([`BlobWriter`]);
+//!   a crash leaves only temp files, which the next writer removes.
+//! - `<root>/lock` is flocked shared by readers and blob commits, exclusively by index writers and garbage
+//!   collection; index.json is replaced atomically.
+//! - Names are full references (`docker.io/library/busybox:latest`); [`Store::find`] also takes short names
+//!   (`busybox`) and image id prefixes (the config digest, as docker shows it).
+//! - [`Store::remove`] and [`Store::prune`] collect blobs and unpacked layers nothing references.
+//!
+//! ```no_run
+//! use vessel_image::store::{ImportConfig, Store};
+//! let store = Store::open(std::path::Path::new("/var/lib/vessel"))?;
+//! let image = store.import_rootfs("/tmp/rootfs".as_ref(), "vessel/busybox", ImportConfig::default())?;
+//! assert_eq!(store.find("vessel/busybox")?.config, image.config);
+//! # Ok::<(), vessel_image::store::StoreError>(())
+//! ```
 
-mod archive;
 mod blobs;
+mod compression;
 mod digest;
+mod gc;
 mod import;
 mod index;
+mod layers;
+mod load;
 mod lock;
+mod rootfs_tar;
+mod save;
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::Serialize;
+use serde_json::Value;
 
 pub use blobs::BlobWriter;
 pub use digest::Digest;
 pub use import::ImportConfig;
 
 use crate::reference::{Reference, ReferenceError};
+
+pub const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,8 +82,24 @@ pub enum StoreError {
         layer: String,
         source: Box<crate::unpack::UnpackError>,
     },
-    #[error("Archive {path}: {reason}")]
-    Archive { path: PathBuf, reason: String },
+    #[error("Image {image} is damaged: {source}")]
+    Damaged { image: String, source: Box<StoreError> },
+    #[error("Image {image} is incomplete: blob {blob} is not in the store")]
+    Incomplete { image: String, blob: String },
+    #[error("Cannot import {image}: {source}")]
+    Import { image: String, source: Box<StoreError> },
+    /// `what` is the archive, or the image and the archive.
+    #[error("Cannot load {what}: {source}")]
+    Load { what: String, source: Box<StoreError> },
+    #[error("Cannot save {images} to {path}: {source}")]
+    Save {
+        images: String,
+        path: PathBuf,
+        source: Box<StoreError>,
+    },
+    /// Something wrong inside an archive being loaded (the message says what).
+    #[error("{0}")]
+    BadArchive(String),
 }
 
 pub(crate) fn io_err<'a>(
@@ -64,36 +114,61 @@ pub(crate) fn io_err<'a>(
 }
 
 /// One named image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageRecord {
+    /// The full reference it is stored under (`docker.io/library/busybox:latest`).
     pub name: String,
+    /// The image manifest (for a name pointing at an index: the host platform's manifest in it).
     pub manifest: Digest,
+    /// The config blob: the image id.
     pub config: Digest,
+    /// The config's `created` time (RFC 3339).
     pub created: Option<String>,
     /// Bytes of config and layers as stored (compressed).
     pub size: u64,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
     pub blobs_removed: usize,
     pub bytes_freed: u64,
     pub layers_removed: usize,
 }
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
+/// An image store rooted at a directory. Cheap to open; any number of `Store`s (in threads or
+/// processes) may share one root.
 pub struct Store {
     root: PathBuf,
     layout: PathBuf,
+    pins: Arc<blobs::Pins>,
 }
 
-/// The name an image is stored under: a full reference (`docker.io/library/busybox:latest`).
+/// The name an image is stored under: a full reference (`busybox` → `docker.io/library/busybox:latest`).
 pub fn normalize_name(name: &str) -> Result<String, StoreError> {
     Ok(Reference::parse(name)?.to_string())
 }
 
+/// The OCI architecture name of this host.
+pub(crate) fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// What a name or id given by a user matched.
+enum Match {
+    /// The index entry with this name.
+    Name(String),
+    /// Every image with this config (an id prefix); the first of them.
+    Id(ImageRecord),
+}
+
 impl Store {
+    /// Open (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let layout = root.join("images");
         for d in [layout.join("blobs/sha256"), root.join("tmp"), root.join("layers")] {
@@ -102,15 +177,16 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             layout,
+            pins: Arc::new(blobs::Pins::new(root.join("tmp"))),
         };
         let marker = store.layout.join("oci-layout");
         if !marker.exists() {
-            index::write_atomic(&store, &marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            index::write_atomic(&marker, OCI_LAYOUT.as_bytes())?;
         }
         if !store.layout.join("index.json").exists() {
-            let _l = lock::exclusive(&store)?;
+            let _l = lock::exclusive(&store.root)?;
             if !store.layout.join("index.json").exists() {
-                index::write(&store, &index::Index::default())?;
+                index::write(&store.layout, &index::Index::default())?;
             }
         }
         Ok(store)
@@ -120,71 +196,158 @@ impl Store {
         &self.root
     }
 
-    /// The OCI layout directory (`oci:<this>:<name>` for skopeo).
+    /// The OCI layout directory (`oci:<this>:<name>` for skopeo, `--image <this>:<name>` for umoci).
     pub fn layout(&self) -> &Path {
         &self.layout
     }
 
+    /// Every named image, sorted by name (an image with several names appears once per name).
     pub fn list(&self) -> Result<Vec<ImageRecord>, StoreError> {
-        let _l = lock::shared(self)?;
-        let idx = index::read(self)?;
-        let mut out = Vec::new();
-        for e in idx.named() {
-            out.push(self.record(&e.name, &e.digest)?);
-        }
+        let _l = lock::shared(&self.root)?;
+        let idx = index::read(&self.layout)?;
+        let mut out = idx
+            .named()
+            .map(|e| self.record(&e.name, &e.digest))
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    fn record(&self, name: &str, manifest: &Digest) -> Result<ImageRecord, StoreError> {
-        let m = self.read_manifest(manifest)?;
-        let config = Digest::parse(m.config().digest().as_ref())?;
-        let created = fs::read(self.blob_path(&config))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["created"].as_str().map(String::from));
-        let size = m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>();
+    /// A name (normalised like docker: `busybox` is `docker.io/library/busybox:latest`; `name@sha256:…`
+    /// matches by manifest digest) or a unique prefix of an image id (config digest, `sha256:` optional).
+    pub fn find(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
+        let _l = lock::shared(&self.root)?;
+        let idx = index::read(&self.layout)?;
+        match self.lookup(&idx, name_or_id)? {
+            Match::Name(name) => {
+                let e = idx
+                    .named()
+                    .find(|e| e.name == name)
+                    .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+                self.record(&e.name, &e.digest)
+            }
+            Match::Id(record) => Ok(record),
+        }
+    }
+
+    fn lookup(&self, idx: &index::Index, name_or_id: &str) -> Result<Match, StoreError> {
+        let wanted = Reference::parse(name_or_id).ok();
+        if let Some(w) = &wanted {
+            if let Some(d) = &w.digest {
+                let d = Digest::parse(d)?;
+                for e in idx.named() {
+                    let same_repo = Reference::parse(&e.name).is_ok_and(|r| r.name() == w.name());
+                    if same_repo
+                        && (e.digest == d || self.record(&e.name, &e.digest).is_ok_and(|r| r.manifest == d))
+                    {
+                        return Ok(Match::Name(e.name.clone()));
+                    }
+                }
+            }
+            let full = w.to_string();
+            if let Some(e) = idx.named().find(|e| e.name == full) {
+                return Ok(Match::Name(e.name.clone()));
+            }
+        }
+        // Names other tools wrote as they are (`latest`, `foo`), matched as given or normalised alike.
+        let normal = wanted.map(|w| w.to_string());
+        if let Some(e) = idx.named().find(|e| {
+            e.name == name_or_id
+                || (normal.is_some() && Reference::parse(&e.name).ok().map(|r| r.to_string()) == normal)
+        }) {
+            return Ok(Match::Name(e.name.clone()));
+        }
+        let prefix = name_or_id.strip_prefix("sha256:").unwrap_or(name_or_id);
+        if !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            // Damaged images cannot be found by id, only by name.
+            let mut hits: Vec<ImageRecord> = idx
+                .named()
+                .filter_map(|e| self.record(&e.name, &e.digest).ok())
+                .filter(|r| r.config.hex().starts_with(prefix))
+                .collect();
+            hits.sort_by(|a, b| a.name.cmp(&b.name));
+            match hits.first() {
+                Some(first) if hits.iter().all(|r| r.config == first.config) => {
+                    return Ok(Match::Id(first.clone()))
+                }
+                Some(_) => return Err(StoreError::Ambiguous(name_or_id.to_string())),
+                None => {}
+            }
+        }
+        Err(StoreError::NotFound(name_or_id.to_string()))
+    }
+
+    fn record(&self, name: &str, digest: &Digest) -> Result<ImageRecord, StoreError> {
+        let damaged = |source| StoreError::Damaged {
+            image: name.to_string(),
+            source: Box::new(source),
+        };
+        let (manifest, m) = self.image_manifest(digest).map_err(damaged)?;
+        let config = Digest::parse(m["config"]["digest"].as_str().unwrap_or("")).map_err(damaged)?;
+        let cfg: Value = serde_json::from_slice(&self.read_blob(&config).map_err(damaged)?).map_err(|e| {
+            damaged(StoreError::Corrupt {
+                what: format!("config {config}"),
+                reason: e.to_string(),
+            })
+        })?;
+        let size = m["config"]["size"].as_u64().unwrap_or(0)
+            + m["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["size"].as_u64())
+                .sum::<u64>();
         Ok(ImageRecord {
             name: name.to_string(),
-            manifest: manifest.clone(),
+            manifest,
             config,
-            created,
+            created: cfg["created"].as_str().map(String::from),
             size,
         })
     }
 
-    /// A name (normalised like docker does) or a unique prefix of an image id (config digest).
-    pub fn find(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
-        let all = self.list()?;
-        let wanted = normalize_name(name_or_id).ok();
-        if let Some(r) = all
-            .iter()
-            .find(|r| Some(&r.name) == wanted.as_ref() || r.name == name_or_id)
-        {
-            return Ok(r.clone());
-        }
-        let prefix = name_or_id.trim_start_matches("sha256:");
-        if prefix.len() >= 3 && prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-            let hits: Vec<&ImageRecord> = all
-                .iter()
-                .filter(|r| r.config.hex().starts_with(prefix))
-                .collect();
-            let ids: HashSet<&str> = hits.iter().map(|r| r.config.hex()).collect();
-            match ids.len() {
-                0 => {}
-                1 => return Ok(hits[0].clone()),
-                _ => return Err(StoreError::Ambiguous(name_or_id.into())),
+    /// The image manifest `d` is, or for an index, the one for this host's platform (linux/amd64 here).
+    fn image_manifest(&self, d: &Digest) -> Result<(Digest, Value), StoreError> {
+        let parse = |d: &Digest, bytes: &[u8]| -> Result<Value, StoreError> {
+            let v: Value = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+                what: format!("manifest {d}"),
+                reason: e.to_string(),
+            })?;
+            if v.is_object() {
+                Ok(v)
+            } else {
+                Err(StoreError::Corrupt {
+                    what: format!("manifest {d}"),
+                    reason: "not a JSON object".into(),
+                })
             }
+        };
+        let v = parse(d, &self.read_blob(d)?)?;
+        let Some(list) = v["manifests"].as_array() else {
+            return Ok((d.clone(), v));
+        };
+        let pick = list
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == host_arch())
+            .or(if list.len() == 1 { list.first() } else { None })
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("index {d}"),
+                reason: format!("it has no linux/{} image", host_arch()),
+            })?;
+        let child = Digest::parse(pick["digest"].as_str().unwrap_or(""))?;
+        let v = parse(&child, &self.read_blob(&child)?)?;
+        if v["manifests"].is_array() {
+            return Err(StoreError::Corrupt {
+                what: format!("index {d}"),
+                reason: "it nests another index".into(),
+            });
         }
-        Err(StoreError::NotFound(name_or_id.into()))
-    }
-
-    fn read_manifest(&self, d: &Digest) -> Result<ImageManifest, StoreError> {
-        let bytes = self.read_blob(d)?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            what: format!("manifest {d}"),
-            reason: e.to_string(),
-        })
+        Ok((child, v))
     }
 
     /// A blob's bytes, checked against its digest.
@@ -202,159 +365,71 @@ impl Store {
     }
 
     pub fn manifest(&self, image: &ImageRecord) -> Result<ImageManifest, StoreError> {
-        self.read_manifest(&image.manifest)
+        let bytes = self.read_blob(&image.manifest)?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            what: format!("manifest {} of {}", image.manifest, image.name),
+            reason: e.to_string(),
+        })
     }
 
     pub fn config(&self, image: &ImageRecord) -> Result<ImageConfiguration, StoreError> {
         let bytes = self.read_blob(&image.config)?;
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            what: format!("config of {}", image.name),
+            what: format!("config {} of {}", image.config, image.name),
             reason: e.to_string(),
         })
     }
 
+    /// Give the image `name_or_id` finds a further name (replacing what `new_name` pointed at).
     pub fn tag(&self, name_or_id: &str, new_name: &str) -> Result<(), StoreError> {
-        let image = self.find(name_or_id)?;
-        let size = self.blob_size(&image.manifest)?;
-        let media = self
-            .read_manifest(&image.manifest)?
-            .media_type()
-            .as_ref()
-            .map(|m| m.to_string());
-        self.set_name(
-            new_name,
-            &image.manifest,
-            media.as_deref().unwrap_or(OCI_MANIFEST),
-            size,
-        )
-    }
-
-    /// Drop a name (or every name of an id); what nothing uses any more is collected.
-    pub fn remove(&self, name_or_id: &str) -> Result<(), StoreError> {
-        let image = self.find(name_or_id)?;
-        {
-            let _l = lock::exclusive(self)?;
-            let mut idx = index::read(self)?;
-            let by_id =
-                image.name != normalize_name(name_or_id).unwrap_or_default() && image.name != name_or_id;
-            let names: Vec<String> = if by_id {
-                let all = idx.named();
-                all.iter()
-                    .filter(|e| {
-                        self.record(&e.name, &e.digest)
-                            .is_ok_and(|r| r.config == image.config)
-                    })
-                    .map(|e| e.name.clone())
-                    .collect()
-            } else {
-                vec![image.name.clone()]
-            };
-            idx.remove_names(&names);
-            index::write(self, &idx)?;
-        }
-        self.prune().map(|_| ())
-    }
-
-    /// Remove blobs and unpacked layers no named image uses, and stale temp files.
-    pub fn prune(&self) -> Result<PruneReport, StoreError> {
-        let _l = lock::exclusive(self)?;
-        let idx = index::read(self)?;
-        let mut keep_blobs: HashSet<String> = HashSet::new();
-        let mut keep_layers: HashSet<String> = HashSet::new();
-        for e in &idx.manifests {
-            keep_blobs.insert(e.digest.hex().to_string());
-            let Ok(m) = self.read_manifest(&e.digest) else {
-                continue;
-            };
-            keep_blobs.insert(m.config().digest().digest().to_string());
-            for l in m.layers() {
-                keep_blobs.insert(l.digest().digest().to_string());
-            }
-            if let Ok(cfg) = fs::read(self.blob_path(&Digest::parse(m.config().digest().as_ref())?)) {
-                if let Ok(c) = serde_json::from_slice::<ImageConfiguration>(&cfg) {
-                    keep_layers.extend(
-                        c.rootfs()
-                            .diff_ids()
-                            .iter()
-                            .map(|d| d.trim_start_matches("sha256:").to_string()),
-                    );
-                }
-            }
-        }
-        let mut report = PruneReport::default();
-        let blobs = self.layout.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs).map_err(io_err("read", &blobs))?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !keep_blobs.contains(&name) {
-                report.bytes_freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
-                report.blobs_removed += 1;
-            }
-        }
-        let in_use = mounted_lower_dirs();
-        let layers = self.root.join("layers");
-        for entry in fs::read_dir(&layers).map_err(io_err("read", &layers))?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let path = entry.path();
-            // A layer under a running container's overlay stays, whatever the index says.
-            if !keep_layers.contains(&name) && !in_use.iter().any(|u| u.starts_with(&path)) {
-                fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
-                report.layers_removed += 1;
-            }
-        }
+        let new_name = normalize_name(new_name)?;
+        let _l = lock::exclusive(&self.root)?;
+        let mut idx = index::read(&self.layout)?;
+        let source = match self.lookup(&idx, name_or_id)? {
+            Match::Name(n) => n,
+            Match::Id(r) => r.name,
+        };
+        let e = idx
+            .named()
+            .find(|e| e.name == source)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(source.clone()))?;
+        idx.set(&new_name, &e.digest, &e.media_type, e.size);
+        index::write(&self.layout, &idx)?;
         blobs::clean_tmp(self);
-        Ok(report)
+        Ok(())
     }
 
-    /// The image's layers unpacked (once, shared) under `<root>/layers/<diffid>`, lowest first.
-    pub fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, StoreError> {
-        let _l = lock::shared(self)?;
-        let manifest = self.manifest(image)?;
-        let config = self.config(image)?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(StoreError::Corrupt {
-                what: format!("image {}", image.name),
-                reason: format!(
-                    "{} layers but {} diff_ids",
-                    manifest.layers().len(),
-                    diff_ids.len()
-                ),
-            });
-        }
-        let mut out = Vec::new();
-        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
-            let hex = Digest::parse(diff_id)?.hex().to_string();
-            let dir = self.root.join("layers").join(&hex);
-            if !dir.exists() {
-                let blob = self.blob_path(&Digest::parse(layer.digest().as_ref())?);
-                let tmp = self
-                    .root
-                    .join("layers")
-                    .join(format!(".tmp-{hex}-{}", std::process::id()));
-                let _ = fs::remove_dir_all(&tmp);
-                fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
-                let media = layer.media_type().to_string();
-                if let Err(source) = crate::unpack::unpack_layer(&blob, &media, &tmp) {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(StoreError::Unpack {
-                        image: image.name.clone(),
-                        layer: layer.digest().to_string(),
-                        source: Box::new(source),
-                    });
-                }
-                // Another process may have unpacked it meanwhile: theirs is as good as ours.
-                if fs::rename(&tmp, &dir).is_err() {
-                    let _ = fs::remove_dir_all(&tmp);
-                }
-            }
-            out.push(dir);
-        }
-        Ok(out)
+    /// Drop a name, or every name of an image id; then collect what nothing uses any more (blobs and
+    /// unpacked layers). A damaged image can be removed by name.
+    pub fn remove(&self, name_or_id: &str) -> Result<(), StoreError> {
+        let _l = lock::exclusive(&self.root)?;
+        let mut idx = index::read(&self.layout)?;
+        let names: Vec<String> = match self.lookup(&idx, name_or_id)? {
+            Match::Name(n) => vec![n],
+            Match::Id(image) => idx
+                .named()
+                .filter(|e| {
+                    self.record(&e.name, &e.digest)
+                        .is_ok_and(|r| r.config == image.config)
+                })
+                .map(|e| e.name.clone())
+                .collect(),
+        };
+        idx.remove_names(&names);
+        index::write(&self.layout, &idx)?;
+        // The name is gone either way; a damaged image elsewhere stops the collection, `prune` reports it.
+        let _ = gc::collect(self, &idx);
+        Ok(())
+    }
+
+    /// Remove blobs and unpacked layers no image uses, and what crashed writers left in `<root>/tmp`.
+    pub fn prune(&self) -> Result<PruneReport, StoreError> {
+        gc::prune(self)
     }
 
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.blob_path(d).exists()
+        self.blob_path(d).is_file()
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -366,21 +441,30 @@ impl Store {
         fs::metadata(&p).map(|m| m.len()).map_err(io_err("stat", &p))
     }
 
+    /// A new blob: a temp file and a running sha256. Dropped without `commit`, it leaves nothing.
     pub fn begin_blob(&self) -> Result<BlobWriter, StoreError> {
         BlobWriter::begin(self)
     }
 
+    /// Continue a partial download of `expected` (a fresh writer if there is none). Dropped without
+    /// `commit`, the partial stays for the next attempt; `abort` removes it.
     pub fn resume_blob(&self, expected: &Digest) -> Result<BlobWriter, StoreError> {
         BlobWriter::resume(self, expected)
     }
 
+    /// Store `data` as a blob (nothing is written if it is there already).
     pub fn put_blob_bytes(&self, data: &[u8]) -> Result<Digest, StoreError> {
+        let d = Digest::of(data);
+        if blobs::pin_existing(self, &d)? {
+            return Ok(d);
+        }
         let mut w = self.begin_blob()?;
         std::io::Write::write_all(&mut w, data).map_err(io_err("write", &self.root.join("tmp")))?;
-        w.commit(None)
+        w.commit(Some(&d))
     }
 
-    /// Record `name` → manifest (already stored as a blob), replacing what `name` pointed to.
+    /// Record `name` → manifest (bytes already stored as a blob), replacing what `name` pointed to. The
+    /// manifest's config and layers must be in the store.
     pub fn set_name(
         &self,
         name: &str,
@@ -388,16 +472,68 @@ impl Store {
         media_type: &str,
         size: u64,
     ) -> Result<(), StoreError> {
-        let name = normalize_name(name)?;
-        if !self.has_blob(manifest) {
-            return Err(StoreError::NotFound(format!("{name}: manifest blob {manifest}")));
-        }
-        let _l = lock::exclusive(self)?;
-        let mut idx = index::read(self)?;
-        idx.set(&name, manifest, media_type, size);
-        index::write(self, &idx)
+        self.set_names(&[(name.to_string(), manifest.clone(), media_type.to_string(), size)])
     }
 
+    /// Several names in one index update: all or none.
+    pub(crate) fn set_names(&self, names: &[(String, Digest, String, u64)]) -> Result<(), StoreError> {
+        let names: Vec<(String, &Digest, &str, u64)> = names
+            .iter()
+            .map(|(n, d, m, s)| Ok((normalize_name(n)?, d, m.as_str(), *s)))
+            .collect::<Result<_, StoreError>>()?;
+        let _l = lock::exclusive(&self.root)?;
+        let mut idx = index::read(&self.layout)?;
+        let mut named = Vec::new();
+        for (name, digest, media_type, size) in &names {
+            named.extend(self.closure(name, digest)?);
+            idx.set(name, digest, media_type, *size);
+        }
+        index::write(&self.layout, &idx)?;
+        self.pins.unpin(named.iter().map(Digest::hex));
+        blobs::clean_tmp(self);
+        Ok(())
+    }
+
+    /// The blobs `digest` (a manifest or index) needs, checked to be present: the manifest, and its
+    /// config and layers (for an index, those of this host's platform, plus the index's other entries).
+    fn closure(&self, name: &str, digest: &Digest) -> Result<Vec<Digest>, StoreError> {
+        let missing = |d: &Digest| StoreError::Incomplete {
+            image: name.to_string(),
+            blob: d.to_string(),
+        };
+        if !self.has_blob(digest) {
+            return Err(missing(digest));
+        }
+        let (manifest, m) = self.image_manifest(digest).map_err(|e| StoreError::Damaged {
+            image: name.to_string(),
+            source: Box::new(e),
+        })?;
+        let mut out = vec![digest.clone(), manifest];
+        let v: Value = serde_json::from_slice(&self.read_blob(digest)?).unwrap_or_default();
+        out.extend(
+            v["manifests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Digest::parse(c["digest"].as_str()?).ok()),
+        );
+        let mut needed = vec![&m["config"]];
+        needed.extend(m["layers"].as_array().into_iter().flatten());
+        for desc in needed {
+            let d =
+                Digest::parse(desc["digest"].as_str().unwrap_or("")).map_err(|e| StoreError::Damaged {
+                    image: name.to_string(),
+                    source: Box::new(e),
+                })?;
+            if !self.has_blob(&d) {
+                return Err(missing(&d));
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Make a root filesystem (a directory, or a tar / tar.gz / tar.zst) a one-layer image named `name`.
     pub fn import_rootfs(
         &self,
         source: &Path,
@@ -407,25 +543,31 @@ impl Store {
         import::import_rootfs(self, source, name, config)
     }
 
+    /// Write `names` (names or ids) to one archive that `docker load`, `podman load` and
+    /// `skopeo copy docker-archive:` read, and that is also an OCI image layout (`oci-archive:`).
     pub fn save(&self, names: &[&str], out: &Path) -> Result<(), StoreError> {
-        archive::save(self, names, out)
+        save::save(self, names, out).map_err(|source| StoreError::Save {
+            images: names.join(", "),
+            path: out.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 
-    pub fn load(&self, archive_path: &Path) -> Result<Vec<ImageRecord>, StoreError> {
-        archive::load(self, archive_path)
+    /// Load every image of a docker archive (`docker save`, `podman save`) or OCI archive
+    /// (`podman save --format oci-archive`, `skopeo copy … oci-archive:`), checking every digest. All
+    /// or nothing: on error the store is as it was.
+    pub fn load(&self, archive: &Path) -> Result<Vec<ImageRecord>, StoreError> {
+        load::load(self, archive)
+    }
+
+    /// Move a verified temp file into the layout as blob `digest` (pinned until named).
+    pub(crate) fn commit_file(&self, tmp: &Path, digest: &Digest) -> Result<(), StoreError> {
+        blobs::commit_file(self, tmp, digest)
     }
 }
 
-/// Directories used as overlay lower dirs by any mount on this host.
-fn mounted_lower_dirs() -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| l.contains(" - overlay ")) {
-        for opt in line.rsplit(' ').next().unwrap_or("").split(',') {
-            if let Some(l) = opt.strip_prefix("lowerdir=") {
-                out.extend(l.split(':').map(PathBuf::from));
-            }
-        }
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
     }
-    out
 }
