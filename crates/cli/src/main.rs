@@ -19,24 +19,13 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("vessel: {first}");
-            return ExitCode::from(2);
+            return match logging::clap_outcome(&e) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(line) => {
+                    eprintln!("vessel: {line}");
+                    ExitCode::from(2)
+                }
+            };
         }
     };
     match dispatch(cli) {

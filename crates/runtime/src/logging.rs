@@ -57,6 +57,28 @@ pub fn error(msg: &str) {
     write("error", msg, true);
 }
 
+/// After a failed parse: `Ok(())` when clap printed help or the version (exit 0), else `Err(line)`, the one
+/// line to print for a usage error (clap's first line, without its "error: " prefix and usage block).
+pub fn clap_outcome(e: &clap::Error) -> Result<(), String> {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return Ok(());
+    }
+    let text = e.to_string();
+    Err(text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string())
+}
+
 /// An error and its causes on one line, without repeating a cause the message already names (our error
 /// types often print their source inline).
 pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {

@@ -89,17 +89,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<ContainerRecord, Con
             "a new user namespace needs linux.uidMappings and gidMappings".into(),
         ));
     }
-    let console = opts
-        .console_socket
-        .as_ref()
-        .map(|p| {
-            UnixStream::connect(p).map_err(|source| ContainerError::Io {
-                action: "connect to console socket",
-                path: p.clone(),
-                source,
-            })
-        })
-        .transpose()?;
+    let console = opts.console_socket.as_deref().map(connect_console).transpose()?;
 
     let state_dir = StateDir::create(&rt.root, &opts.id)?;
     let mut rollback = Rollback {
@@ -270,6 +260,15 @@ fn run_create_runtime_hooks(spec: &Spec, state: &str) -> Result<(), ContainerErr
         hooks::run_all("createRuntime", h.create_runtime().as_ref(), state)?;
     }
     Ok(())
+}
+
+/// Connect to the caller's console socket (it gets the pty master once the container makes it).
+pub(super) fn connect_console(path: &Path) -> Result<UnixStream, ContainerError> {
+    UnixStream::connect(path).map_err(|source| ContainerError::Io {
+        action: "connect to console socket",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Write the pid file atomically, as clients (containerd, conmon) read it as soon as create returns.

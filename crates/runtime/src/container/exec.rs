@@ -2,7 +2,6 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use nix::sched::{setns, CloneFlags};
@@ -59,14 +58,8 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
         .clone()
         .or_else(|| relay_socket.as_ref().map(|s| s.path.clone()));
     let console = console_path
-        .as_ref()
-        .map(|p| {
-            UnixStream::connect(p).map_err(|source| ContainerError::Io {
-                action: "connect to console socket",
-                path: p.clone(),
-                source,
-            })
-        })
+        .as_deref()
+        .map(super::create::connect_console)
         .transpose()?;
     let namespaces = container_namespaces(&record.spec, record.pid)?;
     // Joining the pid namespace affects only children: do it here, so the one child we fork is inside.

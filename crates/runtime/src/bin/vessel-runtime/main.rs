@@ -19,27 +19,14 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            // One line: clap's first line, without its "error: " prefix and usage block; logged like any
-            // other error, so the --log file is scanned for by hand (clap could not parse it).
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+            let line = match logging::clap_outcome(&e) {
+                Ok(()) => return ExitCode::SUCCESS,
+                Err(line) => line,
+            };
+            // Logged like any other error, so the --log file is found by hand (clap could not parse it).
             let (file, format) = log_flags_from_argv();
             logging::init(file, format);
-            logging::error(first);
+            logging::error(&line);
             return ExitCode::from(1);
         }
     };
