@@ -21,6 +21,15 @@ pub struct Global {
     /// The container runtime's state directory.
     #[arg(long = "runtime-root", global = true, default_value = "/run/vessel/runtime")]
     pub runtime_root: PathBuf,
+    /// Output: table (human) or json, for every command.
+    #[arg(long, global = true, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+}
+
+impl Global {
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
 }
 
 #[derive(Args, Debug)]
@@ -71,8 +80,6 @@ pub enum Command {
     Ps {
         #[arg(short, long)]
         all: bool,
-        #[arg(long, default_value = "table")]
-        format: String,
     },
     /// Remove containers.
     Rm {
@@ -109,10 +116,7 @@ pub enum Command {
         password: Option<String>,
     },
     /// List images.
-    Images {
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
+    Images,
     /// Give an image another name.
     Tag { image: String, name: String },
     /// Write images to an archive (docker save format).
@@ -141,10 +145,7 @@ pub enum Command {
 pub enum ImageCommand {
     /// List images.
     #[command(alias = "list")]
-    Ls {
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
+    Ls,
     /// Show images' manifests and configs as JSON.
     Inspect {
         #[arg(required = true)]

@@ -29,13 +29,13 @@ pub fn remove_instance(g: &Global, id: &str) -> Result<()> {
     }
 }
 
-pub fn ps(g: &Global, all: bool, format: &str) -> Result<()> {
+pub fn ps(g: &Global, all: bool) -> Result<()> {
     let rt = Runtime::new(g.runtime_root.clone(), false);
     let list: Vec<_> = container::list(&rt)?
         .into_iter()
         .filter(|c| all || c.status != "stopped")
         .collect();
-    match format {
+    match g.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&list)?),
         "table" => {
             let rows: Vec<Vec<String>> = list
@@ -64,6 +64,7 @@ pub fn ps(g: &Global, all: bool, format: &str) -> Result<()> {
 
 pub fn rm(g: &Global, force: bool, ids: &[String]) -> Result<()> {
     let rt = Runtime::new(g.runtime_root.clone(), false);
+    let mut removed = Vec::new();
     for id in ids {
         let known_to_runtime = container::state(&rt, id).is_ok();
         if !known_to_runtime && !instance_dir(g, id).exists() {
@@ -73,7 +74,8 @@ pub fn rm(g: &Global, force: bool, ids: &[String]) -> Result<()> {
             container::delete(&rt, id, force)?;
         }
         remove_instance(g, id)?;
-        println!("{id}");
+        removed.push(id.clone());
     }
+    crate::output::emit(g, removed.join("\n"), serde_json::json!({ "removed": removed }));
     Ok(())
 }

@@ -8,7 +8,8 @@ use vessel_image::registry::{self, RegistryOptions};
 use vessel_image::store::{ImageRecord, ImportConfig, Store};
 
 use crate::cli::Global;
-use crate::output::{age, human_size, table};
+use crate::output::{age, emit, human_size, table};
+use serde_json::json;
 
 pub fn open_store(g: &Global) -> Result<Store> {
     Store::open(&g.root).with_context(|| format!("Cannot open the image store at {}", g.root.display()))
@@ -32,10 +33,10 @@ fn short_id(image: &ImageRecord) -> String {
     s.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
-pub fn list(g: &Global, format: &str) -> Result<()> {
+pub fn list(g: &Global) -> Result<()> {
     let store = open_store(g)?;
     let images = store.list()?;
-    match format {
+    match g.format.as_str() {
         "json" => {
             let v: Vec<serde_json::Value> = images
                 .iter()
@@ -90,46 +91,66 @@ pub fn remove(g: &Global, names: &[String]) -> Result<()> {
     let store = open_store(g)?;
     for n in names {
         store.remove(n)?;
-        println!("Untagged: {n}");
     }
+    let text: Vec<String> = names.iter().map(|n| format!("Untagged: {n}")).collect();
+    emit(g, text.join("\n"), json!({ "untagged": names }));
     Ok(())
 }
 
 pub fn prune(g: &Global) -> Result<()> {
-    let store = open_store(g)?;
-    let report = store.prune()?;
-    println!(
-        "{}",
-        serde_json::to_string(&report).unwrap_or_else(|_| format!("{report:?}"))
+    let r = open_store(g)?.prune()?;
+    let text = format!(
+        "Removed {} blobs and {} unpacked layers, freed {}",
+        r.blobs_removed,
+        r.layers_removed,
+        human_size(r.bytes_freed)
     );
+    emit(g, text, serde_json::to_value(&r)?);
     Ok(())
 }
 
 pub fn unpack(g: &Global, names: &[String]) -> Result<()> {
     let store = open_store(g)?;
+    let mut text = Vec::new();
+    let mut out = Vec::new();
     for n in names {
         let image = store.find(n)?;
         let dirs = store.layer_dirs(&image)?;
-        println!("{}: {} layers", image.name, dirs.len());
+        text.push(format!("{}: {} layers", image.name, dirs.len()));
+        out.push(json!({ "name": image.name, "layers": dirs }));
     }
+    emit(g, text.join("\n"), json!(out));
     Ok(())
 }
 
 pub fn tag(g: &Global, image: &str, name: &str) -> Result<()> {
     open_store(g)?.tag(image, name)?;
+    emit(g, "", json!({ "tagged": image, "name": name }));
     Ok(())
 }
 
 pub fn save(g: &Global, names: &[String], output: &Path) -> Result<()> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     open_store(g)?.save(&refs, output)?;
+    emit(g, "", json!({ "saved": names, "output": output }));
     Ok(())
 }
 
+/// The one-line summary of an image, and its JSON.
+fn image_out(image: &ImageRecord) -> (String, serde_json::Value) {
+    let v =
+        json!({ "name": image.name, "id": image.config.to_string(), "digest": image.manifest.to_string() });
+    (image.config.to_string(), v)
+}
+
 pub fn load(g: &Global, input: &Path) -> Result<()> {
-    for image in open_store(g)?.load(input)? {
-        println!("Loaded image: {}", image.name);
-    }
+    let images = open_store(g)?.load(input)?;
+    let text: Vec<String> = images
+        .iter()
+        .map(|i| format!("Loaded image: {}", i.name))
+        .collect();
+    let v: Vec<serde_json::Value> = images.iter().map(|i| image_out(i).1).collect();
+    emit(g, text.join("\n"), json!(v));
     Ok(())
 }
 
@@ -178,7 +199,8 @@ fn import_config(changes: &[String]) -> Result<ImportConfig> {
 pub fn import(g: &Global, source: &Path, name: &str, changes: &[String]) -> Result<()> {
     let cfg = import_config(changes)?;
     let image = open_store(g)?.import_rootfs(source, name, cfg)?;
-    println!("{}", image.config);
+    let (text, v) = image_out(&image);
+    emit(g, text, v);
     Ok(())
 }
 
@@ -208,9 +230,14 @@ pub fn pull(
 ) -> Result<()> {
     let store = open_store(g)?;
     let r = Reference::parse(reference)?;
-    let progress = registry::TerminalProgress::new();
-    let image = registry::pull(&store, &r, &options(insecure, ca, user, pass), &progress)?;
-    println!("{}", image.config);
+    let image = registry::pull(
+        &store,
+        &r,
+        &options(insecure, ca, user, pass),
+        progress(g).as_ref(),
+    )?;
+    let (text, v) = image_out(&image);
+    emit(g, text, v);
     Ok(())
 }
 
@@ -226,15 +253,28 @@ pub fn push(
     let store = open_store(g)?;
     let local = store.find(image)?;
     let remote = Reference::parse(destination.unwrap_or(&local.name))?;
-    let progress = registry::TerminalProgress::new();
     registry::push(
         &store,
         image,
         &remote,
         &options(insecure, ca, user, pass),
-        &progress,
+        progress(g).as_ref(),
     )?;
+    emit(
+        g,
+        format!("Pushed {remote}"),
+        json!({ "pushed": image, "to": remote.to_string() }),
+    );
     Ok(())
+}
+
+/// Bars (or plain lines) for people; nothing that would break the JSON on stdout.
+fn progress(g: &Global) -> Box<dyn registry::Progress> {
+    if g.json() {
+        Box::new(registry::NoProgress)
+    } else {
+        Box::new(registry::TerminalProgress::new())
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
     let g = cli.global;
     match cli.command {
         Command::Run(a) => return run::run(&g, a),
-        Command::Ps { all, format } => containers::ps(&g, all, &format)?,
+        Command::Ps { all } => containers::ps(&g, all)?,
         Command::Rm { force, ids } => containers::rm(&g, force, &ids)?,
         Command::Pull {
             reference,
@@ -66,7 +66,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             username,
             password,
         )?,
-        Command::Images { format } => images::list(&g, &format)?,
+        Command::Images => images::list(&g)?,
         Command::Tag { image, name } => images::tag(&g, &image, &name)?,
         Command::Save {
             images: names,
@@ -74,7 +74,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         } => images::save(&g, &names, &output)?,
         Command::Load { input } => images::load(&g, &input)?,
         Command::Rmi { images: names } => images::remove(&g, &names)?,
-        Command::Image(ImageCommand::Ls { format }) => images::list(&g, &format)?,
+        Command::Image(ImageCommand::Ls) => images::list(&g)?,
         Command::Image(ImageCommand::Inspect { images: names }) => images::inspect(&g, &names)?,
         Command::Image(ImageCommand::Rm { images: names }) => images::remove(&g, &names)?,
         Command::Image(ImageCommand::Prune) => images::prune(&g)?,

@@ -81,6 +81,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A command's result: the text for people, or the JSON with `--format json`.
+pub fn emit(g: &crate::cli::Global, text: impl std::fmt::Display, json: serde_json::Value) {
+    if g.json() {
+        println!("{json}");
+    } else {
+        let text = text.to_string();
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,3 +115,43 @@ fn unknown_image_is_one_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn every_image_command_speaks_json() {
+    let e = Env::new("json");
+    let parse = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let out = e.vessel(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+            panic!(
+                "{args:?} printed no JSON ({err}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    let images = parse(&["images"]);
+    assert_eq!(images[0]["name"], "docker.io/t/busybox:latest");
+    assert_eq!(parse(&["tag", "t/busybox", "t/other:1"])["name"], "t/other:1");
+    let inspected = parse(&["image", "inspect", "t/other:1"]);
+    assert_eq!(inspected[0]["Id"], images[0]["id"]);
+    let archive = e.root.parent().unwrap().join("saved.tar");
+    let archive = archive.display().to_string();
+    parse(&["save", "-o", &archive, "t/other:1"]);
+    assert_eq!(parse(&["rmi", "t/other:1"])["untagged"][0], "t/other:1");
+    assert_eq!(parse(&["load", "-i", &archive])[0]["name"], "docker.io/t/other:1");
+    assert_eq!(
+        parse(&["image", "unpack", "t/other:1"])[0]["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(parse(&["image", "prune"])["blobs_removed"].is_number());
+    assert!(parse(&["ps", "-a"]).is_array());
+}
