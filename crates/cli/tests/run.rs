@@ -155,3 +155,30 @@ fn every_image_command_speaks_json() {
     assert!(parse(&["image", "prune"])["blobs_removed"].is_number());
     assert!(parse(&["ps", "-a"]).is_array());
 }
+
+#[test]
+fn run_it_gives_the_container_a_terminal() {
+    let e = Env::new("tty");
+    // `script` gives vessel a real terminal, as a person at a shell would.
+    let cmd = format!(
+        "{} --root {} --runtime-root {} run -it --rm t/busybox sh -c 'tty; read line; echo got:$line'",
+        env!("CARGO_BIN_EXE_vessel"),
+        e.root.display(),
+        e.runtime_root.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils) runs");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("/dev/pts/"), "no terminal in the container: {text}");
+    assert!(
+        text.contains("got:typed"),
+        "input did not reach the container: {text}"
+    );
+}
