@@ -91,46 +91,25 @@ pub enum Command {
     /// Pull an image from a registry.
     Pull {
         reference: String,
-        /// Plain HTTP, or HTTPS without certificate verification.
-        #[arg(long)]
-        insecure: bool,
-        #[arg(long = "ca-file")]
-        ca_file: Option<PathBuf>,
-        #[arg(long)]
-        username: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Push an image to a registry.
     Push {
         image: String,
         /// Where to push (default: the image's own name).
         destination: Option<String>,
-        #[arg(long)]
-        insecure: bool,
-        #[arg(long = "ca-file")]
-        ca_file: Option<PathBuf>,
-        #[arg(long)]
-        username: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// List images.
     Images,
     /// Give an image another name.
-    Tag { image: String, name: String },
+    Tag(TagArgs),
     /// Write images to an archive (docker save format).
-    Save {
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[arg(short, long)]
-        output: PathBuf,
-    },
+    Save(SaveArgs),
     /// Load images from an archive (docker save or OCI archive).
-    Load {
-        #[arg(short, long)]
-        input: PathBuf,
-    },
+    Load(LoadArgs),
     /// Remove images.
     Rmi {
         #[arg(required = true)]
@@ -139,6 +118,44 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+}
+
+/// How to reach a registry (`pull`, `push`).
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    /// Plain HTTP, or HTTPS without certificate verification.
+    #[arg(long)]
+    pub insecure: bool,
+    /// CA certificate (PEM) to trust for the registry's TLS.
+    #[arg(long = "ca-file")]
+    pub ca_file: Option<PathBuf>,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+/// `tag` and `image tag`.
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    pub image: String,
+    pub name: String,
+}
+
+/// `save` and `image save`.
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// `load` and `image load`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    #[arg(short, long)]
+    pub input: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,19 +181,11 @@ pub enum ImageCommand {
         images: Vec<String>,
     },
     /// Give an image another name.
-    Tag { image: String, name: String },
-    /// Write images to an archive.
-    Save {
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[arg(short, long)]
-        output: PathBuf,
-    },
-    /// Load images from an archive.
-    Load {
-        #[arg(short, long)]
-        input: PathBuf,
-    },
+    Tag(TagArgs),
+    /// Write images to an archive (docker save format).
+    Save(SaveArgs),
+    /// Load images from an archive (docker save or OCI archive).
+    Load(LoadArgs),
     /// Make an image from a root filesystem directory or tarball.
     Import {
         source: PathBuf,

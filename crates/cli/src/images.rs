@@ -1,13 +1,13 @@
 //! The image commands, over the store and registry client of vessel-image.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use vessel_image::reference::Reference;
 use vessel_image::registry::{self, RegistryOptions};
 use vessel_image::store::{ImageRecord, ImportConfig, Store};
 
-use crate::cli::Global;
+use crate::cli::{Global, RegistryArgs};
 use crate::output::{age, emit, human_size, table};
 use serde_json::json;
 
@@ -204,62 +204,31 @@ pub fn import(g: &Global, source: &Path, name: &str, changes: &[String]) -> Resu
     Ok(())
 }
 
-fn options(
-    insecure: bool,
-    ca_file: Option<PathBuf>,
-    username: Option<String>,
-    password: Option<String>,
-) -> RegistryOptions {
+fn options(r: &RegistryArgs) -> RegistryOptions {
     RegistryOptions {
-        insecure,
-        ca_file,
-        username,
-        password,
+        insecure: r.insecure,
+        ca_file: r.ca_file.clone(),
+        username: r.username.clone(),
+        password: r.password.clone(),
         platform: ("linux".into(), "amd64".into()),
         parallel: 4,
     }
 }
 
-pub fn pull(
-    g: &Global,
-    reference: &str,
-    insecure: bool,
-    ca: Option<PathBuf>,
-    user: Option<String>,
-    pass: Option<String>,
-) -> Result<()> {
+pub fn pull(g: &Global, reference: &str, registry: &RegistryArgs) -> Result<()> {
     let store = open_store(g)?;
     let r = Reference::parse(reference)?;
-    let image = registry::pull(
-        &store,
-        &r,
-        &options(insecure, ca, user, pass),
-        progress(g).as_ref(),
-    )?;
+    let image = registry::pull(&store, &r, &options(registry), progress(g).as_ref())?;
     let (text, v) = image_out(&image);
     emit(g, text, v);
     Ok(())
 }
 
-pub fn push(
-    g: &Global,
-    image: &str,
-    destination: Option<&str>,
-    insecure: bool,
-    ca: Option<PathBuf>,
-    user: Option<String>,
-    pass: Option<String>,
-) -> Result<()> {
+pub fn push(g: &Global, image: &str, destination: Option<&str>, registry: &RegistryArgs) -> Result<()> {
     let store = open_store(g)?;
     let local = store.find(image)?;
     let remote = Reference::parse(destination.unwrap_or(&local.name))?;
-    registry::push(
-        &store,
-        image,
-        &remote,
-        &options(insecure, ca, user, pass),
-        progress(g).as_ref(),
-    )?;
+    registry::push(&store, image, &remote, &options(registry), progress(g).as_ref())?;
     emit(
         g,
         format!("Pushed {remote}"),

@@ -35,7 +35,7 @@ pub struct Reference {
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_path_component(s: &str) -> bool {
+pub(crate) fn valid_path_component(s: &str) -> bool {
     let b = s.as_bytes();
     let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
@@ -94,7 +94,7 @@ fn valid_port(p: &str) -> bool {
 }
 
 /// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`
-fn valid_tag(t: &str) -> bool {
+pub(crate) fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && t.bytes()

@@ -60,43 +60,19 @@ pub(crate) fn check_reference(r: &Reference) -> Result<(), RegistryError> {
         registry: r.registry.clone(),
         reason,
     };
-    let component_ok = |c: &str| {
-        let b = c.as_bytes();
-        let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-            return false;
-        }
-        let mut i = 0;
-        while i < b.len() {
-            if alnum(b[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && !alnum(b[i]) {
-                i += 1;
-            }
-            let sep = &c[start..i];
-            if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
-                return false;
-            }
-        }
-        true
-    };
-    if r.repository.len() > 255 || !r.repository.split('/').all(component_ok) {
+    if r.repository.len() > 255
+        || !r
+            .repository
+            .split('/')
+            .all(crate::reference::valid_path_component)
+    {
         return Err(invalid(format!(
             "repository {:?} is not a valid name (lowercase letters and digits, separated by '.', '_', '__', '-' or '/')",
             r.repository
         )));
     }
     if let Some(tag) = &r.tag {
-        let b = tag.as_bytes();
-        let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-        let ok = !b.is_empty()
-            && b.len() <= 128
-            && word(b[0])
-            && b.iter().all(|&x| word(x) || x == b'.' || x == b'-');
-        if !ok {
+        if !crate::reference::valid_tag(tag) {
             return Err(invalid(format!("tag {tag:?} is not a valid tag")));
         }
     }
