@@ -59,7 +59,15 @@ impl Drop for Rollback<'_> {
 }
 
 pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<ContainerRecord, ContainerError> {
-    let bundle = Bundle::load(&opts.bundle)?;
+    create_from(rt, opts, Bundle::load(&opts.bundle)?)
+}
+
+/// `create` with the bundle already loaded (by `run`, which looks at it first).
+pub(super) fn create_from(
+    rt: &Runtime,
+    opts: &CreateOptions,
+    bundle: Bundle,
+) -> Result<ContainerRecord, ContainerError> {
     for name in &bundle.unknown_capabilities {
         crate::logging::warn(&format!("Unknown capability {name} ignored"));
     }

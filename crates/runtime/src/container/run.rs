@@ -10,7 +10,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::tty_relay::{self, TerminalRelay};
-use super::{create, delete, start, ContainerError, CreateOptions, Runtime};
+use super::{delete, start, ContainerError, CreateOptions, Runtime};
 
 const FORWARDED: &[Signal] = &[
     Signal::SIGINT,
@@ -33,7 +33,8 @@ pub struct RunOptions {
 /// Returns the container's exit code (128+N when killed by signal N), or 0 when detached.
 pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<i32, ContainerError> {
     let mut create_opts = opts.create.clone();
-    let wants_tty = crate::spec::Bundle::load(&create_opts.bundle)?
+    let bundle = crate::spec::Bundle::load(&create_opts.bundle)?;
+    let wants_tty = bundle
         .spec
         .process()
         .as_ref()
@@ -52,7 +53,7 @@ pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<i32, ContainerError> {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
-    let record = create(rt, &create_opts)?;
+    let record = super::create::create_from(rt, &create_opts, bundle)?;
     let relay = match relay_socket.map(|s| s.receive()).transpose() {
         Ok(r) => r,
         Err(e) => {
