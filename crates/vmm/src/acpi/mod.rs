@@ -1,0 +1,1 @@
+//! ACPI tables that describe the machine to the guest.

@@ -1,0 +1,5 @@
+//! Devices the guest sees: buses, interrupt lines, legacy devices and virtio.
+
+pub mod bus;
+pub mod irq;
+pub mod virtio;
