@@ -5,7 +5,11 @@
 //!   answered by the token endpoint, with the user's credentials as Basic auth when given).
 //! - Manifests: OCI image manifests and indexes, Docker v2 schema 2 manifests and manifest lists; an index is
 //!   resolved to the manifest for [`RegistryOptions::platform`]. Every manifest is verified against its digest
-//!   (the one asked for, the one in the index, and the registry's `Docker-Content-Digest`).
+//!   (the one asked for, the one in the index, and the registry's `Docker-Content-Digest`). A Docker v2
+//!   schema 2 manifest is stored as the equivalent OCI image manifest (OCI media types for config and layers,
+//!   foreign layers as non-distributable ones; blobs and their digests unchanged, so the manifest digest in
+//!   the store differs from the registry's): skopeo's `oci:` transport and other layout readers see only
+//!   OCI-typed manifests.
 //! - Blobs: downloaded in parallel ([`RegistryOptions::parallel`] threads), verified against their digest by
 //!   the store before they become visible, resumed with `Range` requests where a previous attempt stopped (in
 //!   this pull or an earlier one: the partial file lives in the store's tmp/).
@@ -30,6 +34,7 @@
 
 mod auth;
 mod client;
+mod convert;
 mod error;
 mod manifest;
 mod parallel;

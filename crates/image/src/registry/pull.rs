@@ -1,5 +1,6 @@
 //! `pull`: manifest (through an index when there is one), then config and layers in parallel, each verified
-//! and resumable; the name is recorded last, so a failed pull leaves no image behind.
+//! and resumable; the name is recorded last, so a failed pull leaves no image behind. A Docker v2 schema 2
+//! manifest is stored as the equivalent OCI manifest (`convert`).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use ureq::http::{Method, StatusCode};
 
 use super::client::{self, Call, Client, MAX_SMALL_BODY};
+use super::convert;
 use super::manifest::{self, Descriptor, Parsed};
 use super::parallel::{self, Reporter};
 use super::{Progress, RegistryError, RegistryOptions};
@@ -82,23 +84,44 @@ pub fn pull(
     parallel::run(&blobs, opts.parallel, progress, |d, r| download(&ctx, d, r))?;
     check_config(&ctx, &image_manifest.config)?;
 
+    let (bytes, media_type, digest) = to_store(&client, fetched, progress)?;
     let stored = store
-        .put_blob_bytes(&fetched.bytes)
+        .put_blob_bytes(&bytes)
         .map_err(|e| RegistryError::store(&image, e))?;
-    if stored.to_string() != fetched.digest {
+    if stored.to_string() != digest {
         return Err(RegistryError::DigestMismatch {
             image,
             what: "the manifest as the store wrote it".to_string(),
-            expected: fetched.digest.clone(),
+            expected: digest,
             actual: stored.to_string(),
         });
     }
     store
-        .set_name(&image, &stored, &fetched.media_type, fetched.bytes.len() as u64)
+        .set_name(&image, &stored, &media_type, bytes.len() as u64)
         .map_err(|e| RegistryError::store(&image, e))?;
     let record = store.find(&image).map_err(|e| RegistryError::store(&image, e))?;
-    progress.message(&format!("Pulled {image} (manifest {})", fetched.digest));
+    progress.message(&format!("Pulled {image} (manifest {digest})"));
     Ok(record)
+}
+
+/// The manifest as the store keeps it: `(bytes, media type, digest)`. A Docker v2 schema 2 manifest becomes
+/// an OCI one (same blobs, new manifest digest), which every reader of an OCI layout understands.
+fn to_store(
+    client: &Client,
+    fetched: Fetched,
+    progress: &dyn Progress,
+) -> Result<(Vec<u8>, String, String), RegistryError> {
+    if fetched.media_type != manifest::DOCKER_MANIFEST {
+        return Ok((fetched.bytes, fetched.media_type, fetched.digest));
+    }
+    let what = format!("manifest {}", fetched.digest);
+    let oci = convert::docker_to_oci(&fetched.bytes).map_err(|reason| client.bad(&what, reason))?;
+    let digest = manifest::sha256_digest(&oci);
+    progress.message(&format!(
+        "Converted Docker manifest {} to OCI manifest {digest}",
+        fetched.digest
+    ));
+    Ok((oci, manifest::OCI_MANIFEST.to_string(), digest))
 }
 
 struct Fetched {

@@ -66,7 +66,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn tar_layer(entries: &[(&str, &[u8], u32)], symlinks: &[(&str, &str)]) -> Vec<u8> {
+pub fn tar_layer(entries: &[(&str, &[u8], u32)], symlinks: &[(&str, &str)]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs: Vec<String> = Vec::new();
     for (path, _, _) in entries
@@ -93,7 +93,7 @@ fn tar_layer(entries: &[(&str, &[u8], u32)], symlinks: &[(&str, &str)]) -> Vec<u
     builder.into_inner().unwrap()
 }
 
-fn compress(tar: &[u8], media_type: &str) -> Vec<u8> {
+pub fn compress(tar: &[u8], media_type: &str) -> Vec<u8> {
     match media_type {
         GZIP => {
             let level = if tar.len() > 4 << 20 {

@@ -1,7 +1,8 @@
 //! Test support for the registry client: a real `docker-registry` (Debian's package, distribution 2.8) on a
 //! free loopback port with its own storage and config, optionally with TLS (self-signed certificate for
-//! 127.0.0.1) and htpasswd or token auth; OCI layouts built here and copied into it with skopeo; a fault proxy
-//! and a token server (see `net.rs`). Nothing here talks to any address but 127.0.0.1.
+//! 127.0.0.1) and htpasswd or token auth; OCI layouts built here and copied into it with skopeo, or blobs and
+//! manifests PUT with the registry API (foreign layers may have URLs on 127.0.0.1); a fault proxy and a token
+//! server (see `net.rs`). Nothing here talks to any address but 127.0.0.1.
 #![allow(dead_code)]
 
 pub mod images;
@@ -183,7 +184,8 @@ impl Registry {
         let addr = format!("127.0.0.1:{port}");
         let mut yaml = format!(
             "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-             maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n  secret: vessel-test\n",
+             maintenance:\n    uploadpurging:\n      enabled: false\nvalidation:\n  manifests:\n    urls:\n      \
+             allow:\n        - '^https?://127\\.0\\.0\\.1[:/]'\nhttp:\n  addr: {addr}\n  secret: vessel-test\n",
             dir.path().join("data").display()
         );
         if let Some((cert, key)) = &config.tls {
@@ -311,6 +313,63 @@ pub fn skopeo_copy_out(src: &str, dest: &Path, creds: Option<&str>) {
     run(cmd
         .arg(format!("docker://{src}"))
         .arg(format!("dir:{}", dest.display())));
+}
+
+/// An HTTP agent that returns 4xx/5xx answers instead of failing on them (their body says why).
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Asserts the answer's status, with the registry's explanation when it is not the one expected.
+fn expect(
+    what: &str,
+    mut response: ureq::http::Response<ureq::Body>,
+    status: u16,
+) -> ureq::http::Response<ureq::Body> {
+    if response.status().as_u16() != status {
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        panic!("{what}: the registry answered {}: {body}", response.status());
+    }
+    response
+}
+
+/// PUTs a manifest with the registry API (plain HTTP, no auth): what skopeo would not write, such as a
+/// Docker v2 schema 2 manifest over zstd or foreign layers.
+pub fn put_manifest(addr: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
+    let response = agent()
+        .put(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", media_type)
+        .send(body)
+        .unwrap();
+    expect(&format!("PUT manifest {repo}:{tag}"), response, 201);
+}
+
+/// Uploads a blob with the registry API (POST, then one PUT with the digest); returns its digest.
+pub fn put_blob(addr: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = images::digest(bytes);
+    let what = format!("upload of {digest} to {repo}");
+    let response = agent()
+        .post(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+        .send_empty()
+        .unwrap();
+    let response = expect(&what, response, 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{addr}{location}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let response = agent()
+        .put(format!("{url}{sep}digest={}", digest.replace(':', "%3A")))
+        .header("content-type", "application/octet-stream")
+        .send(bytes)
+        .unwrap();
+    expect(&what, response, 201);
+    digest
 }
 
 /// Records every progress call.
