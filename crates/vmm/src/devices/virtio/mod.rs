@@ -1,1 +1,196 @@
 //! Virtio devices over the virtio-mmio transport.
+//!
+//! A device ([`VirtioDevice`]) knows nothing of registers: [`MmioTransport`] holds the virtio-mmio
+//! register file, negotiates features, collects the queue set-up and, on DRIVER_OK, hands the
+//! queues, guest memory and interrupt to the device. Queue notifications are processed
+//! synchronously in the vCPU thread that wrote QueueNotify.
+//!
+//! Building a VM's devices:
+//!
+//! ```ignore
+//! let (base, gsi) = layout::virtio_mmio_window(index);
+//! let irq = IrqLine::new(gsi)?; // and register irq.event() with KVM as an irqfd for gsi
+//! let disk = Block::open(path, read_only, &index.to_string())?;
+//! let transport = MmioTransport::new(mem.clone(), Box::new(disk), irq);
+//! mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+//! ```
+
+pub mod block;
+pub mod console;
+pub mod mmio;
+pub mod rng;
+#[cfg(test)]
+mod testing;
+
+pub use block::{Block, BlockError};
+pub use console::{Console, ConsoleInput};
+pub use mmio::MmioTransport;
+pub use rng::Rng;
+
+use crate::devices::irq::IrqLine;
+use crate::GuestMemory;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+
+/// Features every device here offers: virtio 1.x, and the ring features [`drain_queue`] honours.
+pub const BASE_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
+
+/// Device type ids (virtio 1.2 §5).
+pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+pub const TYPE_CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("virtio device type {device_type} needs {expected} queues, the transport gave {got}")]
+    QueueCount {
+        device_type: u32,
+        expected: usize,
+        got: usize,
+    },
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (`TYPE_*`).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue (powers of two); their count is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver, including [`BASE_FEATURES`].
+    fn features(&self) -> u64;
+    /// Reads the device configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space (most devices ignore it).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK: the queues (one per `queue_max_sizes` entry) are the device's
+    /// until `reset`.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        queues: Vec<Queue>,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError>;
+    /// The driver notified queue `index`; returns whether the guest must be interrupted.
+    fn process_queue(&mut self, index: usize) -> bool;
+    /// The driver reset the device: drop the queues and memory, keep the backend.
+    fn reset(&mut self);
+}
+
+/// The device's side of the interrupt: the InterruptStatus bits shared with the transport, and
+/// the line that raises them. Cloned into devices that complete work outside a notification.
+#[derive(Clone, Debug)]
+pub struct VirtioInterrupt {
+    status: Arc<AtomicU32>,
+    line: IrqLine,
+}
+
+impl VirtioInterrupt {
+    pub fn new(line: IrqLine) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            line,
+        }
+    }
+
+    /// Used buffers were added to a queue.
+    pub fn signal_used_queue(&self) {
+        self.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// The configuration space changed.
+    pub fn signal_config_change(&self) {
+        self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn signal(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        // The only failure is a saturated counter, i.e. an interrupt already pending.
+        let _ = self.line.trigger();
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Completes the available chains of `queue`: `handle` consumes a chain and returns how many
+/// bytes it wrote into it, or `None` to leave that chain (and the rest) for later. Returns
+/// whether the guest must be interrupted (EVENT_IDX aware).
+pub(crate) fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemory, mut handle: F) -> bool
+where
+    F: FnMut(DescriptorChain<&GuestMemory>) -> Option<u32>,
+{
+    // Never touch the rings of a queue the driver did not set up (their addresses are defaults).
+    if !queue.ready() {
+        return false;
+    }
+    let mut used = false;
+    loop {
+        // Without EVENT_IDX this sets NO_NOTIFY so the driver skips kicks while we drain.
+        let _ = queue.disable_notification(mem);
+        let mut progressed = false;
+        let mut stalled = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let Some(len) = handle(chain) else {
+                queue.go_to_previous_position();
+                stalled = true;
+                break;
+            };
+            progressed = true;
+            // Fails only for a head index the driver made up; nothing can be returned then.
+            if queue.add_used(mem, head, len).is_ok() {
+                used = true;
+            }
+        }
+        // Re-enabling re-checks the ring so a chain added meanwhile is not left unseen; a ring
+        // whose index is garbage makes no progress, and must not spin the vCPU.
+        match queue.enable_notification(mem) {
+            Ok(true) if progressed && !stalled => continue,
+            _ => break,
+        }
+    }
+    used && queue.needs_notification(mem).unwrap_or(true)
+}
+
+/// Fails unless the transport passed one queue per entry of `queue_max_sizes`.
+pub(crate) fn check_queue_count(
+    device_type: u32,
+    queues: &[Queue],
+    expected: usize,
+) -> Result<(), ActivateError> {
+    if queues.len() == expected {
+        Ok(())
+    } else {
+        Err(ActivateError::QueueCount {
+            device_type,
+            expected,
+            got: queues.len(),
+        })
+    }
+}
+
+/// Copies the window `[offset, offset + data.len())` of a configuration space; zero past its end.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
