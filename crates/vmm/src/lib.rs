@@ -5,7 +5,14 @@
 
 pub mod acpi;
 pub mod arch;
+pub mod config;
 pub mod devices;
+pub mod exit;
+pub mod kvm;
+pub mod launch;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
 
 /// Guest RAM as the rust-vmm crates see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -1,1 +1,112 @@
-fn main() {}
+//! vessel-vmm: boots one microVM from flags or a JSON config and runs it until the guest powers
+//! off (exit 0), resets (exit 3) or fails (exit 1). Usage errors exit 2.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vessel_vmm::config::{DiskConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE};
+use vessel_vmm::launch;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vessel-vmm",
+    version,
+    about = "Boot a KVM microVM: one process per VM"
+)]
+struct Cli {
+    /// A JSON VM config (fields: kernel, initrd, cmdline, cpus, memory_mib, disks, serial, rng)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial"])]
+    config: Option<PathBuf>,
+    /// Kernel: bzImage or ELF vmlinux (PVH entry used when present)
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initramfs
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// vCPUs
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u16,
+    /// Guest memory in MiB
+    #[arg(long, value_name = "MiB", default_value_t = 128)]
+    memory: u64,
+    /// A raw disk image as virtio-blk (repeatable): PATH[,ro][,id=NAME]
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<DiskConfig>,
+    /// COM1 console: stdio, none or file:PATH
+    #[arg(long, value_name = "WHERE", default_value = "stdio")]
+    serial: SerialConfig,
+    /// No virtio entropy device
+    #[arg(long)]
+    no_rng: bool,
+    /// The kernel is built as a PVM guest (lets it boot when /dev/kvm is kvm-pvm)
+    #[arg(long)]
+    pvm_guest_kernel: bool,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<VmConfig, vessel_vmm::config::ConfigError> {
+        let mut config = match self.config {
+            Some(path) => VmConfig::from_file(&path)?,
+            None => VmConfig {
+                kernel: self.kernel.unwrap_or_default(),
+                initrd: self.initrd,
+                cmdline: self.cmdline,
+                cpus: self.cpus,
+                memory_mib: self.memory,
+                disks: self.disk,
+                serial: self.serial,
+                rng: !self.no_rng,
+                pvm_guest_kernel: false,
+            },
+        };
+        config.pvm_guest_kernel |= self.pvm_guest_kernel;
+        config.rng &= !self.no_rng;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e
+                .kind()
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string());
+            let first = e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or(&text)
+                .trim_start_matches("error: ")
+                .to_owned();
+            eprintln!("vessel-vmm: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match launch::run(&config) {
+        Ok(exit) => {
+            eprintln!("vessel-vmm: {exit}");
+            ExitCode::from(exit.status() as u8)
+        }
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

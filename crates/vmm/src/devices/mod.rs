@@ -2,4 +2,6 @@
 
 pub mod bus;
 pub mod irq;
+pub mod legacy;
+pub mod serial;
 pub mod virtio;

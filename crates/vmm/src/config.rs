@@ -1,0 +1,247 @@
+//! What a VM is made of, from command-line flags or a JSON file, checked before anything is built.
+
+use crate::arch::layout::VIRTIO_MAX_DEVICES;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The default command line: a console on COM1, and a reboot (a VMM exit) instead of a hang on panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("Config file {path} is not a valid VM config: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("Invalid disk {spec:?}: {why} (expected PATH[,ro][,id=NAME])")]
+    Disk { spec: String, why: &'static str },
+    #[error("Invalid serial {0:?}: expected stdio, none or file:PATH")]
+    Serial(String),
+    #[error("A VM needs 1 to 254 vCPUs, not {0}")]
+    Cpus(u16),
+    #[error("Too many devices: {disks} disks and an entropy device exceed the {max} virtio slots")]
+    TooManyDevices { disks: usize, max: u32 },
+    #[error("Kernel {0} does not exist")]
+    KernelMissing(PathBuf),
+    #[error("Initramfs {0} does not exist")]
+    InitrdMissing(PathBuf),
+    #[error("Disk {0} does not exist")]
+    DiskMissing(PathBuf),
+}
+
+/// A whole VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u16,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// A virtio entropy device, so the guest's random pool fills at boot.
+    #[serde(default = "yes")]
+    pub rng: bool,
+    /// The kernel was built as a PVM guest: boot it even though /dev/kvm is kvm-pvm.
+    #[serde(default)]
+    pub pvm_guest_kernel: bool,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_owned()
+}
+fn default_cpus() -> u16 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    128
+}
+fn yes() -> bool {
+    true
+}
+
+/// A raw disk image attached as virtio-blk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (GET_ID); defaults to its index.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+    fn from_str(spec: &str) -> Result<Self, ConfigError> {
+        let err = |why| ConfigError::Disk {
+            spec: spec.to_owned(),
+            why,
+        };
+        let mut parts = spec.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| err("no path"))?;
+        let mut disk = DiskConfig {
+            path: path.into(),
+            read_only: false,
+            id: None,
+        };
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "ro" => disk.read_only = true,
+                None if option == "rw" => disk.read_only = false,
+                Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.id = Some(id.to_owned()),
+                Some(("id", _)) => return Err(err("id must be 1 to 20 bytes")),
+                _ => return Err(err("unknown option")),
+            }
+        }
+        Ok(disk)
+    }
+}
+
+/// Where COM1's output goes (input comes from stdin when it is `Stdio`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialConfig {
+    #[default]
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+impl FromStr for SerialConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdio" => Ok(SerialConfig::Stdio),
+            "none" => Ok(SerialConfig::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialConfig::File(path.into())),
+                _ => Err(ConfigError::Serial(s.to_owned())),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SerialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerialConfig::Stdio => write!(f, "stdio"),
+            SerialConfig::None => write!(f, "none"),
+            SerialConfig::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for SerialConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl VmConfig {
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks what can be checked without touching KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 || self.cpus > 254 {
+            return Err(ConfigError::Cpus(self.cpus));
+        }
+        let devices = self.disks.len() + usize::from(self.rng);
+        if devices > VIRTIO_MAX_DEVICES as usize {
+            return Err(ConfigError::TooManyDevices {
+                disks: self.disks.len(),
+                max: VIRTIO_MAX_DEVICES,
+            });
+        }
+        if !self.kernel.exists() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = self.initrd.as_ref().filter(|p| !p.exists()) {
+            return Err(ConfigError::InitrdMissing(initrd.clone()));
+        }
+        if let Some(disk) = self.disks.iter().find(|d| !d.path.exists()) {
+            return Err(ConfigError::DiskMissing(disk.path.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_and_serial_specs_parse() {
+        let disk: DiskConfig = "/d.img,ro,id=root".parse().unwrap();
+        assert_eq!(
+            disk,
+            DiskConfig {
+                path: "/d.img".into(),
+                read_only: true,
+                id: Some("root".into())
+            }
+        );
+        assert!("".parse::<DiskConfig>().is_err());
+        assert!("/d.img,rx".parse::<DiskConfig>().is_err());
+        assert!("/d.img,id=".parse::<DiskConfig>().is_err());
+        assert_eq!(
+            "file:/tmp/x".parse::<SerialConfig>().unwrap(),
+            SerialConfig::File("/tmp/x".into())
+        );
+        assert!("tty".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields_and_fills_defaults() {
+        let cfg: VmConfig = serde_json::from_str(r#"{"kernel": "/k", "serial": "none"}"#).unwrap();
+        assert_eq!(
+            (cfg.cpus, cfg.memory_mib, cfg.serial, cfg.rng),
+            (1, 128, SerialConfig::None, true)
+        );
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpus": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `vcpus`"), "{err}");
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "serial": "tty"}"#).unwrap_err();
+        assert!(err.to_string().contains("stdio, none or file:PATH"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut cfg: VmConfig = serde_json::from_str(r#"{"kernel": "/nonexistent/k"}"#).unwrap();
+        assert!(matches!(cfg.validate(), Err(ConfigError::KernelMissing(_))));
+        cfg.cpus = 0;
+        assert!(matches!(cfg.validate(), Err(ConfigError::Cpus(0))));
+        cfg.cpus = 1;
+        cfg.disks = vec!["/x".parse().unwrap(); 18];
+        assert!(matches!(cfg.validate(), Err(ConfigError::TooManyDevices { .. })));
+    }
+}

@@ -1,0 +1,142 @@
+//! The 8250/16550 serial console at COM1 (vm-superio's UART), its output sink and input feed.
+
+use super::bus::BusDevice;
+use super::irq::IrqLine;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+use vm_superio::{serial::NoEvents, Serial};
+
+/// Where the guest's console output goes.
+pub enum SerialSink {
+    /// Written through at once, byte by byte, so prompts without a newline show up.
+    Stdout,
+    File(std::fs::File),
+    Discard,
+}
+
+impl Write for SerialSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SerialSink::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(buf)?;
+                out.flush()?;
+                Ok(buf.len())
+            }
+            SerialSink::File(file) => file.write(buf),
+            SerialSink::Discard => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SerialSink::Stdout => io::stdout().flush(),
+            SerialSink::File(file) => file.flush(),
+            SerialSink::Discard => Ok(()),
+        }
+    }
+}
+
+/// COM1 on the port bus.
+pub struct SerialPort {
+    uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl SerialPort {
+    pub fn new(irq: IrqLine, sink: Box<dyn Write + Send>) -> Self {
+        Self {
+            uart: Serial::new(irq, sink),
+        }
+    }
+
+    /// Queues guest input; returns how many bytes fit in the receive FIFO.
+    pub fn feed(&mut self, input: &[u8]) -> usize {
+        let room = self.uart.fifo_capacity();
+        if room == 0 {
+            return 0;
+        }
+        self.uart
+            .enqueue_raw_bytes(&input[..input.len().min(room)])
+            .unwrap_or(0)
+    }
+}
+
+impl BusDevice for SerialPort {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) {
+            // A closed stdout or a full disk must not stop the guest: its output is lost instead.
+            let _ = self.uart.write(offset, value);
+        }
+    }
+}
+
+/// Feeds `input` (the VMM's stdin) to the serial port from a thread of its own, waiting while the
+/// guest has not drained the FIFO. Ends at end of input.
+pub fn spawn_input_feed(
+    port: Arc<Mutex<SerialPort>>,
+    mut input: impl Read + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("serial-in".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = input.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut pending = &buf[..n];
+                while !pending.is_empty() {
+                    let taken = port.lock().unwrap_or_else(|p| p.into_inner()).feed(pending);
+                    pending = &pending[taken..];
+                    if taken == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_output_and_receives_input_with_an_interrupt() {
+        let out = Shared::default();
+        let irq = IrqLine::new(4).unwrap();
+        let mut port = SerialPort::new(irq.clone(), Box::new(out.clone()));
+        for b in b"hi" {
+            port.write(0, &[*b]);
+        }
+        assert_eq!(&*out.0.lock().unwrap(), b"hi");
+        port.write(1, &[0x1]); // IER: interrupt when data arrives
+        assert_eq!(port.feed(b"ok"), 2);
+        assert_eq!(irq.event().read().unwrap(), 1);
+        let mut lsr = [0u8];
+        port.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut byte = [0u8];
+        port.read(0, &mut byte);
+        assert_eq!(byte, [b'o']);
+        port.read(0x1000, &mut byte);
+    }
+}

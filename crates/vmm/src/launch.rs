@@ -1,0 +1,139 @@
+//! Building and running a VM that boots a Linux kernel, from a `VmConfig`.
+
+use crate::acpi::{self, AcpiMachine, VirtioMmioWindow};
+use crate::arch::boot::{self, BootError};
+use crate::arch::layout::*;
+use crate::arch::regs::StartMode;
+use crate::config::{ConfigError, SerialConfig, VmConfig};
+use crate::devices::legacy::{AcpiPowerRegisters, I8042};
+use crate::devices::serial::{self, SerialPort, SerialSink};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
+use crate::exit::VmExit;
+use crate::kvm::{self, Flavour, KvmError, PVM_EXPLANATION};
+use crate::memory::{self, MemoryError};
+use crate::vm::{Vm, VmError};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("{PVM_EXPLANATION}")]
+    PvmHost,
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("Cannot write ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error("Cannot open serial output {path}: {source}")]
+    SerialFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Cannot start the serial input thread: {0}")]
+    SerialInput(std::io::Error),
+}
+
+/// Boots `config` and runs it to its end.
+pub fn run(config: &VmConfig) -> Result<VmExit, LaunchError> {
+    config.validate()?;
+    if Flavour::detect() == Flavour::Pvm && !config.pvm_guest_kernel {
+        return Err(LaunchError::PvmHost);
+    }
+    let kvm = kvm::open()?;
+    let mem = memory::create(config.memory_mib, memory::MIN_LINUX_MIB)?;
+    // Disks first: a locked or missing disk should fail before anything costly.
+    let disks = config
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Block::open(
+                &d.path,
+                d.read_only,
+                d.id.clone().unwrap_or_else(|| format!("vd{i}")),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| boot::load_initrd(&mem, &kernel, path))
+        .transpose()?;
+    let cmdline_len = boot::write_cmdline(&mem, &config.cmdline)?;
+
+    let mut vm = Vm::new(&kvm, mem.clone(), config.cpus as u8)?;
+    add_serial(&mut vm, &config.serial)?;
+    // One device spans data (0x60) to command (0x64); the in-kernel PIT answers 0x61 first.
+    vm.add_port_device(
+        I8042_DATA_PORT,
+        I8042::LEN,
+        Arc::new(Mutex::new(I8042::new(vm.exit_sender()))),
+    )?;
+    let power = Arc::new(Mutex::new(AcpiPowerRegisters::new(vm.exit_sender())));
+    vm.add_port_device(ACPI_SLEEP_CONTROL_PORT, AcpiPowerRegisters::LEN as u16, power)?;
+
+    let mut devices: Vec<Box<dyn VirtioDevice>> = disks.into_iter().map(|d| Box::new(d) as _).collect();
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    let mut windows = Vec::with_capacity(devices.len());
+    for (index, device) in devices.into_iter().enumerate() {
+        let (base, gsi) = virtio_mmio_window(index as u32);
+        let irq = vm.irq_line(gsi)?;
+        let transport = MmioTransport::new(mem.clone(), device, irq);
+        vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        windows.push(VirtioMmioWindow {
+            base,
+            size: VIRTIO_MMIO_SIZE,
+            gsi,
+        });
+    }
+    let machine = AcpiMachine {
+        vcpus: config.cpus as u8,
+        virtio_mmio: windows,
+        serial: true,
+    };
+    let rsdp = acpi::write_acpi_tables(&mem, &machine)?;
+    boot::write_boot_info(&mem, &kernel, cmdline_len, initrd, rsdp)?;
+    vm.configure_vcpus(kernel.entry.0, StartMode::Kernel(kernel.mode))?;
+    Ok(vm.run()?)
+}
+
+fn add_serial(vm: &mut Vm, config: &SerialConfig) -> Result<(), LaunchError> {
+    let sink = match config {
+        SerialConfig::Stdio => SerialSink::Stdout,
+        SerialConfig::None => SerialSink::Discard,
+        SerialConfig::File(path) => SerialSink::File(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LaunchError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    };
+    let port = Arc::new(Mutex::new(SerialPort::new(
+        vm.irq_line(COM1_GSI)?,
+        Box::new(sink),
+    )));
+    vm.add_port_device(COM1_PORT, 8, port.clone())?;
+    if *config == SerialConfig::Stdio {
+        // The feed thread is left to end with the process: it may be blocked reading stdin.
+        serial::spawn_input_feed(port, std::io::stdin()).map_err(LaunchError::SerialInput)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! A KVM virtual machine: guest memory, the in-kernel IRQ chip and PIT, the buses, vCPUs, and
+//! the run that ends when the guest powers off, resets or fails.
+
+use crate::arch::cpuid::{self, CpuidError};
+use crate::arch::layout::KVM_TSS_ADDR;
+use crate::arch::regs::{self, RegsError, StartMode};
+use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::devices::irq::IrqLine;
+use crate::exit::{ExitSender, VmExit};
+use crate::vcpu::{self, VcpuContext};
+use crate::GuestMemory;
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Cannot {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("This host's KVM allows at most {max} vCPUs per VM; {asked} were asked for")]
+    TooManyVcpus { asked: u8, max: usize },
+    #[error("A VM needs at least one vCPU")]
+    NoVcpus,
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+    #[error("Cannot place a device: {0}")]
+    Bus(#[from] BusError),
+    #[error("Cannot create an interrupt line or vCPU thread: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A VM being built, then run once.
+pub struct Vm {
+    kvm_vm: VmFd,
+    mem: GuestMemory,
+    vcpus: Vec<VcpuFd>,
+    supported_cpuid: kvm_bindings::CpuId,
+    pio: Bus,
+    mmio: Bus,
+    exits: ExitSender,
+    exit_events: Receiver<VmExit>,
+}
+
+impl Vm {
+    /// Creates the VM with its memory, IRQ chip, PIT and `vcpu_count` (not yet started) vCPUs.
+    pub fn new(kvm: &Kvm, mem: GuestMemory, vcpu_count: u8) -> Result<Self, VmError> {
+        if vcpu_count == 0 {
+            return Err(VmError::NoVcpus);
+        }
+        let max = kvm.get_max_vcpus().min(u8::MAX as usize);
+        if usize::from(vcpu_count) > max {
+            return Err(VmError::TooManyVcpus {
+                asked: vcpu_count,
+                max,
+            });
+        }
+        let kvm_vm = kvm.create_vm().map_err(kvm_err("create a KVM VM"))?;
+        kvm_vm
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| VmError::Kvm {
+                    what: "find guest memory's host mapping",
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range is a live mapping owned by `mem`, which the Vm keeps until
+            // every vCPU thread has been joined, so KVM never sees it unmapped.
+            unsafe { kvm_vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
+        }
+        kvm_vm
+            .create_irq_chip()
+            .map_err(kvm_err("create the in-kernel IRQ chip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        kvm_vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("read KVM's supported CPUID"))?;
+        let vcpus = (0..vcpu_count)
+            .map(|id| {
+                kvm_vm
+                    .create_vcpu(u64::from(id))
+                    .map_err(kvm_err("create a vCPU"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (exits, exit_events) = channel();
+        Ok(Self {
+            kvm_vm,
+            mem,
+            vcpus,
+            supported_cpuid,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            exits,
+            exit_events,
+        })
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpus.len() as u8
+    }
+
+    /// Where devices report power-off and reset.
+    pub fn exit_sender(&self) -> ExitSender {
+        self.exits.clone()
+    }
+
+    /// An interrupt line wired to `gsi` of the IRQ chip.
+    pub fn irq_line(&self, gsi: u32) -> Result<IrqLine, VmError> {
+        let line = IrqLine::new(gsi)?;
+        self.kvm_vm
+            .register_irqfd(line.event(), gsi)
+            .map_err(kvm_err("wire an interrupt line"))?;
+        Ok(line)
+    }
+
+    pub fn add_port_device(
+        &mut self,
+        port: u16,
+        len: u16,
+        dev: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), VmError> {
+        Ok(self.pio.insert(port.into(), len.into(), dev)?)
+    }
+
+    pub fn add_mmio_device(
+        &mut self,
+        addr: u64,
+        len: u64,
+        dev: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), VmError> {
+        Ok(self.mmio.insert(addr, len, dev)?)
+    }
+
+    /// Sets every vCPU's CPUID, MSRs, FPU and LAPIC; vCPU 0 starts at `entry` in `mode`, the
+    /// others wait for the boot processor's INIT/SIPI as on a PC.
+    pub fn configure_vcpus(&self, entry: u64, mode: StartMode) -> Result<(), VmError> {
+        let count = self.vcpu_count();
+        for (id, vcpu) in self.vcpus.iter().enumerate() {
+            let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id as u8, count)?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set a vCPU's CPUID"))?;
+            regs::setup_msrs(vcpu)?;
+            regs::setup_fpu(vcpu)?;
+            regs::setup_lapic(vcpu)?;
+            if id == 0 {
+                regs::setup_boot_vcpu(vcpu, &self.mem, entry, mode)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPUs until the first exit event, then stops them all and returns that event.
+    pub fn run(self) -> Result<VmExit, VmError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = VcpuContext {
+            pio: Arc::new(self.pio),
+            mmio: Arc::new(self.mmio),
+            exits: self.exits.clone(),
+            stop: stop.clone(),
+        };
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (id, vcpu) in self.vcpus.into_iter().enumerate() {
+            match vcpu::spawn(id as u8, vcpu, ctx.clone()) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    stop.store(true, Ordering::Release);
+                    vcpu::stop_all(threads);
+                    return Err(e.into());
+                }
+            }
+        }
+        drop(ctx);
+        // The Vm holds a sender itself, so recv only ends with an event.
+        let exit = self.exit_events.recv().unwrap_or(VmExit::VcpuFailed {
+            vcpu: 0,
+            error: "no vCPU left".into(),
+        });
+        stop.store(true, Ordering::Release);
+        vcpu::stop_all(threads);
+        drop(self.kvm_vm);
+        drop(self.mem);
+        Ok(exit)
+    }
+}
