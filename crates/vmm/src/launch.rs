@@ -46,11 +46,18 @@ pub enum LaunchError {
 
 /// Boots `config` and runs it to its end.
 pub fn run(config: &VmConfig) -> Result<VmExit, LaunchError> {
+    run_with(config, || {})
+}
+
+/// Like `run`, calling `on_ready` once the VMM holds KVM and is about to build the VM (what a
+/// supervisor waits for before it counts the boot).
+pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, LaunchError> {
     config.validate()?;
     if Flavour::detect() == Flavour::Pvm && !config.pvm_guest_kernel {
         return Err(LaunchError::PvmHost);
     }
     let kvm = kvm::open()?;
+    on_ready();
     let mem = memory::create(config.memory_mib, memory::MIN_LINUX_MIB)?;
     // Disks first: a locked or missing disk should fail before anything costly.
     let disks = config

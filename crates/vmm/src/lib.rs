@@ -8,6 +8,7 @@ pub mod arch;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod handmade;
 pub mod kvm;
 pub mod launch;
 pub mod memory;

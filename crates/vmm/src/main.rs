@@ -44,6 +44,9 @@ struct Cli {
     /// The kernel is built as a PVM guest (lets it boot when /dev/kvm is kvm-pvm)
     #[arg(long)]
     pvm_guest_kernel: bool,
+    /// Write "ready" and a newline to this inherited file descriptor once KVM is open
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
 }
 
 impl Cli {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let ready_fd = cli.ready_fd;
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match launch::run(&config) {
+    match launch::run_with(&config, || signal_ready(ready_fd)) {
         Ok(exit) => {
             eprintln!("vessel-vmm: {exit}");
             ExitCode::from(exit.status() as u8)
@@ -108,5 +112,17 @@ fn main() -> ExitCode {
             eprintln!("vessel-vmm: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Tells whoever passed `--ready-fd` that the VMM is up; a closed pipe is their business.
+fn signal_ready(fd: Option<i32>) {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    if let Some(fd) = fd.filter(|&fd| fd > 2) {
+        // SAFETY: the caller handed this descriptor to us for this one write; it is owned here
+        // from now on and closed when the File drops.
+        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+        let _ = pipe.write_all(b"ready\n");
     }
 }

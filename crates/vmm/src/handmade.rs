@@ -1,0 +1,99 @@
+//! Hand-made 64-bit guests for tests and benchmarks: a few instructions wrapped in an ELF that
+//! `vessel-vmm --kernel` loads like a vmlinux. They run anywhere KVM does, kvm-pvm included,
+//! because they stay in the low gigabyte the boot page tables identity-map.
+
+use crate::arch::layout::{ACPI_S5_SLEEP_TYPE, COM1_PORT, HIGH_MEMORY_ADDR, I8042_COMMAND_PORT};
+
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+
+/// `mov edx, port`
+fn set_port(port: u16) -> Vec<u8> {
+    let mut code = vec![0xba];
+    code.extend(u32::from(port).to_le_bytes());
+    code
+}
+
+/// Writes `text` to COM1.
+pub fn print(text: &[u8]) -> Vec<u8> {
+    let mut code = set_port(COM1_PORT);
+    for &byte in text {
+        code.extend([0xb0, byte, 0xee]); // mov al, byte; out dx, al
+    }
+    code
+}
+
+/// ACPI S5 through the sleep control register, then halt.
+pub fn power_off() -> Vec<u8> {
+    let mut code = set_port(crate::arch::layout::ACPI_SLEEP_CONTROL_PORT);
+    code.extend([0xb0, (ACPI_S5_SLEEP_TYPE << 2) | (1 << 5), 0xee]);
+    code.extend(halt());
+    code
+}
+
+/// Pulses the reset line through the keyboard controller, then halt.
+pub fn reset() -> Vec<u8> {
+    let mut code = set_port(I8042_COMMAND_PORT);
+    code.extend([0xb0, 0xfe, 0xee]);
+    code.extend(halt());
+    code
+}
+
+/// Loops forever without exits.
+pub fn spin() -> Vec<u8> {
+    vec![0xeb, 0xfe]
+}
+
+fn halt() -> Vec<u8> {
+    vec![0xf4, 0xeb, 0xfd] // hlt; jmp back to hlt
+}
+
+/// An ELF64 executable whose one segment holds `code` at 1 MiB, entered there in long mode.
+pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
+    let offset = (EHDR_SIZE + PHDR_SIZE) as u64;
+    let entry = HIGH_MEMORY_ADDR + offset;
+    let size = offset + code.len() as u64;
+    let mut elf = Vec::with_capacity(size as usize);
+    elf.extend(b"\x7fELF");
+    elf.extend([2, 1, 1, 0]); // 64-bit, little endian, ELF version 1, System V ABI
+    elf.extend([0; 8]);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(62u16.to_le_bytes()); // EM_X86_64
+    elf.extend(1u32.to_le_bytes());
+    elf.extend(entry.to_le_bytes());
+    elf.extend((EHDR_SIZE as u64).to_le_bytes()); // program headers follow the ELF header
+    elf.extend(0u64.to_le_bytes()); // no section headers
+    elf.extend(0u32.to_le_bytes());
+    for half in [EHDR_SIZE as u16, PHDR_SIZE as u16, 1, 64, 0, 0] {
+        elf.extend(half.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    elf.extend(1u32.to_le_bytes()); // PT_LOAD
+    elf.extend(7u32.to_le_bytes()); // read, write, execute
+    for word in [0, HIGH_MEMORY_ADDR, HIGH_MEMORY_ADDR, size, size, 0x1000] {
+        elf.extend(word.to_le_bytes()); // offset, vaddr, paddr, filesz, memsz, align
+    }
+    elf.extend(code);
+    elf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::boot::{load_kernel, EntryMode};
+    use vm_memory::Bytes;
+
+    #[test]
+    fn the_elf_loads_as_a_kernel_at_one_mebibyte() {
+        let code = [print(b"x"), power_off()].concat();
+        let path = std::env::temp_dir().join(format!("vessel-handmade-{}", std::process::id()));
+        std::fs::write(&path, elf_kernel(&code)).unwrap();
+        let mem = crate::memory::create(32, 1).unwrap();
+        let kernel = load_kernel(&mem, &path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(kernel.mode, EntryMode::Linux64);
+        assert_eq!(kernel.entry.0, HIGH_MEMORY_ADDR + 120);
+        let mut loaded = vec![0u8; code.len()];
+        mem.read_slice(&mut loaded, kernel.entry).unwrap();
+        assert_eq!(loaded, code);
+    }
+}
