@@ -21,9 +21,13 @@ pub enum ConfigError {
     Disk { spec: String, why: &'static str },
     #[error("Invalid serial {0:?}: expected stdio, none or file:PATH")]
     Serial(String),
+    #[error("Only one of the serial port and the virtio console can use stdio")]
+    TwoStdioConsoles,
     #[error("A VM needs 1 to 254 vCPUs, not {0}")]
     Cpus(u16),
-    #[error("Too many devices: {disks} disks and an entropy device exceed the {max} virtio slots")]
+    #[error(
+        "Too many devices: {disks} disks with the entropy device and console exceed the {max} virtio slots"
+    )]
     TooManyDevices { disks: usize, max: u32 },
     #[error("Kernel {0} does not exist")]
     KernelMissing(PathBuf),
@@ -50,6 +54,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub serial: SerialConfig,
+    /// A virtio console (hvc0 in the guest): none by default.
+    #[serde(default = "no_console")]
+    pub console: SerialConfig,
     /// A virtio entropy device, so the guest's random pool fills at boot.
     #[serde(default = "yes")]
     pub rng: bool,
@@ -66,6 +73,9 @@ fn default_cpus() -> u16 {
 }
 fn default_memory_mib() -> u64 {
     128
+}
+fn no_console() -> SerialConfig {
+    SerialConfig::None
 }
 fn yes() -> bool {
     true
@@ -113,7 +123,7 @@ impl FromStr for DiskConfig {
     }
 }
 
-/// Where COM1's output goes (input comes from stdin when it is `Stdio`).
+/// Where a console's output goes (COM1 or the virtio console); `Stdio` also feeds it stdin.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialConfig {
     #[default]
@@ -176,7 +186,11 @@ impl VmConfig {
         if self.cpus == 0 || self.cpus > 254 {
             return Err(ConfigError::Cpus(self.cpus));
         }
-        let devices = self.disks.len() + usize::from(self.rng);
+        if self.serial == SerialConfig::Stdio && self.console == SerialConfig::Stdio {
+            return Err(ConfigError::TwoStdioConsoles);
+        }
+        let devices =
+            self.disks.len() + usize::from(self.rng) + usize::from(self.console != SerialConfig::None);
         if devices > VIRTIO_MAX_DEVICES as usize {
             return Err(ConfigError::TooManyDevices {
                 disks: self.disks.len(),
@@ -241,6 +255,9 @@ mod tests {
         cfg.cpus = 0;
         assert!(matches!(cfg.validate(), Err(ConfigError::Cpus(0))));
         cfg.cpus = 1;
+        cfg.console = SerialConfig::Stdio;
+        assert!(matches!(cfg.validate(), Err(ConfigError::TwoStdioConsoles)));
+        cfg.console = SerialConfig::None;
         cfg.disks = vec!["/x".parse().unwrap(); 18];
         assert!(matches!(cfg.validate(), Err(ConfigError::TooManyDevices { .. })));
     }

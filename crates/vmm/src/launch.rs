@@ -5,9 +5,11 @@ use crate::arch::boot::{self, BootError};
 use crate::arch::layout::*;
 use crate::arch::regs::StartMode;
 use crate::config::{ConfigError, SerialConfig, VmConfig};
+use crate::devices::input_feed::spawn_input_feed;
 use crate::devices::legacy::{AcpiPowerRegisters, I8042};
-use crate::devices::serial::{self, SerialPort, SerialSink};
+use crate::devices::serial::{SerialPort, SerialSink};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
@@ -35,13 +37,13 @@ pub enum LaunchError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::BlockError),
-    #[error("Cannot open serial output {path}: {source}")]
-    SerialFile {
+    #[error("Cannot open console output {path}: {source}")]
+    ConsoleFile {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("Cannot start the serial input thread: {0}")]
-    SerialInput(std::io::Error),
+    #[error("Cannot start the console input thread: {0}")]
+    ConsoleInput(std::io::Error),
 }
 
 /// Boots `config` and runs it to its end.
@@ -95,6 +97,15 @@ pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, La
     if config.rng {
         devices.push(Box::new(Rng::new()));
     }
+    if config.console != SerialConfig::None {
+        let console = Console::new(Box::new(open_sink(&config.console)?));
+        if config.console == SerialConfig::Stdio {
+            let input = console.input();
+            spawn_input_feed(move |bytes| input.queue_input(bytes), std::io::stdin())
+                .map_err(LaunchError::ConsoleInput)?;
+        }
+        devices.push(Box::new(console));
+    }
     let mut windows = Vec::with_capacity(devices.len());
     for (index, device) in devices.into_iter().enumerate() {
         let (base, gsi) = virtio_mmio_window(index as u32);
@@ -118,8 +129,8 @@ pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, La
     Ok(vm.run()?)
 }
 
-fn add_serial(vm: &mut Vm, config: &SerialConfig) -> Result<(), LaunchError> {
-    let sink = match config {
+fn open_sink(config: &SerialConfig) -> Result<SerialSink, LaunchError> {
+    Ok(match config {
         SerialConfig::Stdio => SerialSink::Stdout,
         SerialConfig::None => SerialSink::Discard,
         SerialConfig::File(path) => SerialSink::File(
@@ -127,12 +138,16 @@ fn add_serial(vm: &mut Vm, config: &SerialConfig) -> Result<(), LaunchError> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| LaunchError::SerialFile {
+                .map_err(|source| LaunchError::ConsoleFile {
                     path: path.clone(),
                     source,
                 })?,
         ),
-    };
+    })
+}
+
+fn add_serial(vm: &mut Vm, config: &SerialConfig) -> Result<(), LaunchError> {
+    let sink = open_sink(config)?;
     let port = Arc::new(Mutex::new(SerialPort::new(
         vm.irq_line(COM1_GSI)?,
         Box::new(sink),
@@ -140,7 +155,8 @@ fn add_serial(vm: &mut Vm, config: &SerialConfig) -> Result<(), LaunchError> {
     vm.add_port_device(COM1_PORT, 8, port.clone())?;
     if *config == SerialConfig::Stdio {
         // The feed thread is left to end with the process: it may be blocked reading stdin.
-        serial::spawn_input_feed(port, std::io::stdin()).map_err(LaunchError::SerialInput)?;
+        let feed = move |bytes: &[u8]| port.lock().unwrap_or_else(|p| p.into_inner()).feed(bytes);
+        spawn_input_feed(feed, std::io::stdin()).map_err(LaunchError::ConsoleInput)?;
     }
     Ok(())
 }

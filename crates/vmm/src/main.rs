@@ -14,8 +14,8 @@ use vessel_vmm::launch;
     about = "Boot a KVM microVM: one process per VM"
 )]
 struct Cli {
-    /// A JSON VM config (fields: kernel, initrd, cmdline, cpus, memory_mib, disks, serial, rng)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial"])]
+    /// A JSON VM config (fields: kernel, initrd, cmdline, cpus, memory_mib, disks, serial, console, rng)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial", "console"])]
     config: Option<PathBuf>,
     /// Kernel: bzImage or ELF vmlinux (PVH entry used when present)
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -38,6 +38,9 @@ struct Cli {
     /// COM1 console: stdio, none or file:PATH
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
     serial: SerialConfig,
+    /// A virtio console (hvc0): stdio, none or file:PATH
+    #[arg(long, value_name = "WHERE", default_value = "none")]
+    console: SerialConfig,
     /// No virtio entropy device
     #[arg(long)]
     no_rng: bool,
@@ -61,6 +64,7 @@ impl Cli {
                 memory_mib: self.memory,
                 disks: self.disk,
                 serial: self.serial,
+                console: self.console,
                 rng: !self.no_rng,
                 pvm_guest_kernel: false,
             },

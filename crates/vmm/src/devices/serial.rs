@@ -2,8 +2,7 @@
 
 use super::bus::BusDevice;
 use super::irq::IrqLine;
-use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::io::{self, Write};
 use vm_superio::{serial::NoEvents, Serial};
 
 /// Where the guest's console output goes.
@@ -77,35 +76,10 @@ impl BusDevice for SerialPort {
     }
 }
 
-/// Feeds `input` (the VMM's stdin) to the serial port from a thread of its own, waiting while the
-/// guest has not drained the FIFO. Ends at end of input.
-pub fn spawn_input_feed(
-    port: Arc<Mutex<SerialPort>>,
-    mut input: impl Read + Send + 'static,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("serial-in".into())
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = input.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut pending = &buf[..n];
-                while !pending.is_empty() {
-                    let taken = port.lock().unwrap_or_else(|p| p.into_inner()).feed(pending);
-                    pending = &pending[taken..];
-                    if taken == 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                }
-            }
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
