@@ -7,6 +7,7 @@ packages=(
   runc crun busybox-static podman containerd skopeo umoci uidmap jq util-linux iproute2
   libseccomp-dev pkg-config
   docker-registry apache2-utils openssl
+  acpica-tools e2fsprogs qemu-system-x86 cpio
 )
 
 if [ "$(id -u)" -ne 0 ]; then

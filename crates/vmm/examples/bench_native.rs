@@ -3,8 +3,10 @@
 //! - ready → first guest instruction: until the hand-made guest's first serial byte arrives;
 //! - CPU time of a whole boot-to-power-off of that guest (user + system of the VMM process);
 //! - RSS outside guest memory, read from /proc/PID/smaps while the guest spins.
+//!
 //! Firecracker is not packaged for Debian, so its figures are the ones its spec publishes and
 //! that were measured on this machine, printed beside ours with the ratio.
+//!
 //! Usage: bench_native VESSEL_VMM [ROUNDS]
 
 use std::io::Read;

@@ -121,7 +121,7 @@ mod tests {
         let mut byte = [0u8; 1];
         assert!(bus.read(0x3fd, &mut byte));
         assert_eq!(byte, [5]);
-        assert!(bus.write(0x3f8, &[b'A']));
+        assert!(bus.write(0x3f8, b"A"));
         assert!(!bus.write(0x400, &[0]));
         assert!(!bus.read(0x3ef, &mut byte));
         assert_eq!(dev.lock().unwrap().0, vec![(0, vec![b'A'])]);
