@@ -1,0 +1,149 @@
+# shellcheck shell=bash disable=SC2154 # $top and $me come from the sourcing script
+# Host side shared by scripts/lab-vmm and scripts/bench-vmm-lab (sourced by bash with set -euo pipefail; $top is
+# the repository, $me the calling script's name). Prepares a lab directory that level 1 sees at /lab:
+#   vmlinuz        the level-2 kernel: Debian's cloud flavour (ext4 built in; virtio, virtio_mmio as modules)
+#   l2.initrd.gz   busybox-static, the virtio modules and scripts/lab-vmm-guest/init
+#   disk.img       ext4 made with mkfs.ext4 -d: seed.txt and seed.bin (2 MiB random)
+#   bin/vessel-vmm static (LAB_VMM=vessel)
+#   qemu/          QEMU with its libraries, loader and firmware (LAB_VMM=qemu, the benchmark, comparison by hand)
+#   l1-boot.sh     boot_l2, which run.sh uses to boot one level-2 guest
+#
+# Environment
+#   LAB_VMM              vessel (default) or qemu: what boots level 2 (qemu proves the lab without vessel-vmm)
+#   VESSEL_VMM_BIN       a vessel-vmm binary to use instead of building one (must be static); a script (a wrapper
+#                        for level 1's busybox sh) is copied as it is
+#   VESSEL_L2_KERNEL     Debian kernel package for level 2 (default: what linux-image-cloud-amd64 depends on);
+#                        VMLAB_KERNEL keeps choosing level 1's kernel (default: the standard one)
+#   VESSEL_LAB_TARGET_DIR  cargo target dir of the static build and parent of the lab dirs (default target/lab)
+
+lv_die() {
+  echo "$me: FAILED before the lab could run: $*" >&2
+  exit 2
+}
+
+# Debian packages the lab needs on the host; installed only when missing.
+lv_deps() {
+  local p missing=()
+  for p in busybox-static cpio e2fsprogs qemu-system-x86 binutils kmod gzip; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "$me: installing ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+      lv_die "apt-get install ${missing[*]} failed"
+  fi
+  # Level 2 has no libraries either: the busybox put into its initramfs must be the static one.
+  if readelf -l /bin/busybox | grep -q 'program interpreter'; then
+    lv_die "/bin/busybox is dynamically linked (install busybox-static, not busybox)"
+  fi
+}
+
+# The level-2 kernel package, downloaded and unpacked by scripts/vmlab into its cache. Sets L2_KDIR, L2_KVER.
+lv_l2_kernel() {
+  local pkg=${VESSEL_L2_KERNEL:-}
+  if [ -z "$pkg" ]; then
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+    if [ -z "$pkg" ]; then
+      apt-get update -qq >/dev/null
+      pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+    fi
+  fi
+  [ -n "$pkg" ] || lv_die "cannot resolve the Debian cloud kernel package (linux-image-cloud-amd64)"
+  L2_KDIR=$(VMLAB_KERNEL=$pkg "$top/scripts/vmlab" kernel) || lv_die "scripts/vmlab could not fetch $pkg"
+  local d
+  for d in "$L2_KDIR"/lib/modules/*/; do L2_KVER=$(basename "$d"); break; done
+  L2_PKG=$pkg
+}
+
+# lv_initramfs LAB: the kernel and the level-2 initramfs.
+lv_initramfs() {
+  local lab=$1 root
+  cp "$L2_KDIR/boot/vmlinuz-$L2_KVER" "$lab/vmlinuz"
+  root=$(mktemp -d -t lab-vmm-initramfs.XXXXXX)
+  mkdir -p "$root"/{bin,dev,proc,sys,mnt,tmp,lib/modules}
+  cp /bin/busybox "$root/bin/"
+  # virtio_mmio: the transport the VMM announces in ACPI; virtio_blk: /dev/vda. The cloud kernel has ext4 (and
+  # jbd2, crc32c) built in; vmlab skips built-in modules and adds each module's dependencies in load order.
+  VMLAB_KERNEL=$L2_PKG "$top/scripts/vmlab" modules "$root/lib/modules" \
+    virtio_mmio virtio_blk virtio_rng virtio_console >/dev/null || lv_die "scripts/vmlab modules failed"
+  # The kernel opens /dev/console for /init before devtmpfs is mounted. Debian's kernels carry a built-in
+  # initramfs with that node, so this is a second line of defence only (mknod needs CAP_MKNOD).
+  mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+  install -m 755 "$top/scripts/lab-vmm-guest/init" "$root/init"
+  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$lab/l2.initrd.gz"
+  cp "$root/lib/modules/load-order" "$lab/l2.modules"
+  rm -rf "$root"
+}
+
+# lv_disk LAB: disk.img (64 MiB ext4) with seed.txt and seed.bin; their expected contents in seed.txt / seed.md5.
+lv_disk() {
+  local lab=$1 seed
+  seed=$(mktemp -d -t lab-vmm-seed.XXXXXX)
+  echo "vessel seed $(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" > "$seed/seed.txt"
+  head -c 2097152 /dev/urandom > "$seed/seed.bin"
+  cp "$seed/seed.txt" "$lab/seed.txt"
+  md5sum < "$seed/seed.bin" | cut -d' ' -f1 > "$lab/seed.md5"
+  rm -f "$lab/disk.img"
+  mkfs.ext4 -q -F -L vessel-l2 -E root_owner=0:0 -d "$seed" "$lab/disk.img" 64M >/dev/null ||
+    lv_die "mkfs.ext4 -d failed"
+  rm -rf "$seed"
+}
+
+# lv_qemu LAB: QEMU with everything it loads, for a level 1 without shared libraries.
+lv_qemu() {
+  local q=$1/qemu lib
+  mkdir -p "$q/bin" "$q/lib" "$q/share"
+  cp /usr/bin/qemu-system-x86_64 "$q/bin/"
+  for lib in $(ldd /usr/bin/qemu-system-x86_64 | awk '/=> \// { print $3 }'); do cp -L "$lib" "$q/lib/"; done
+  cp -L "$(ldd /usr/bin/qemu-system-x86_64 | awk '/ld-linux/ { print $1 }')" "$q/ld-linux-x86-64.so.2"
+  # Firmware and option ROMs (microvm boots qboot, bios-microvm.bin); dangling links (OVMF) are skipped.
+  local f
+  for f in /usr/share/qemu/*; do if [ -f "$f" ]; then cp -L "$f" "$q/share/"; fi; done
+  [ -f "$q/share/bios-microvm.bin" ] || lv_die "QEMU's microvm firmware (bios-microvm.bin) is missing"
+}
+
+# lv_vmm LAB: a static vessel-vmm into LAB/bin, built here unless VESSEL_VMM_BIN names one.
+lv_vmm() {
+  local lab=$1 bin triple=x86_64-unknown-linux-gnu
+  mkdir -p "$lab/bin"
+  if [ -n "${VESSEL_VMM_BIN:-}" ]; then
+    bin=$VESSEL_VMM_BIN
+    [ -x "$bin" ] || lv_die "VESSEL_VMM_BIN=$bin is not an executable"
+    echo "== $me: using $bin (VESSEL_VMM_BIN; not built)"
+  else
+    local t0; t0=$(date +%s)
+    echo "== $me: building a static vessel-vmm (release, $CARGO_TARGET_DIR)"
+    rustup target list --installed 2>/dev/null | grep -qx "$triple" || rustup target add "$triple" >/dev/null 2>&1 || true
+    # Level 1 is busybox only: no libc to link against at run time.
+    (cd "$top" && env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS='-C target-feature=+crt-static' CARGO_TERM_COLOR=never \
+      cargo build --quiet --release -p vessel-vmm --target "$triple") || lv_die "the static build of vessel-vmm failed (see above)"
+    bin=$CARGO_TARGET_DIR/$triple/release/vessel-vmm
+    echo "   built in $(($(date +%s) - t0)) s"
+  fi
+  if [ "$(head -c 4 "$bin")" != $'\x7fELF' ]; then
+    cp "$bin" "$lab/bin/vessel-vmm"
+    return
+  fi
+  if readelf -l "$bin" | grep -q 'program interpreter'; then
+    lv_die "$bin is dynamically linked; level 1 has no shared libraries (build with -C target-feature=+crt-static)"
+  fi
+  # Debug info is of no use in level 1 and would be read over 9p by a software CPU.
+  strip -o "$lab/bin/vessel-vmm" "$bin"
+}
+
+# lv_prepare LAB NEED-VESSEL NEED-QEMU (0 or 1 each): everything above, and the level-1 boot helper.
+lv_prepare() {
+  local lab=$1 need_vessel=$2 need_qemu=$3
+  export CARGO_TARGET_DIR=${VESSEL_LAB_TARGET_DIR:-$top/target/lab}
+  rm -rf "$lab"
+  mkdir -p "$lab/out"
+  lv_deps
+  if [ "$need_vessel" = 1 ]; then lv_vmm "$lab"; fi
+  lv_l2_kernel
+  echo "== $me: level 2: $L2_PKG ($L2_KVER); level 1: ${VMLAB_KERNEL:-the standard Debian kernel}"
+  lv_initramfs "$lab"
+  lv_disk "$lab"
+  if [ "$need_qemu" = 1 ]; then lv_qemu "$lab"; fi
+  cp "$top/scripts/lab-vmm-guest/l1-boot.sh" "$lab/l1-boot.sh"
+}

@@ -1,0 +1,67 @@
+# shellcheck shell=sh
+# Level-1 side of scripts/lab-vmm and scripts/bench-vmm-lab: boots one level-2 guest. Sourced by /lab/run.sh in
+# level 1 (busybox sh, no bash); copied into the lab directory as /lab/l1-boot.sh.
+#
+# boot_l2 OUT VMM DISK CMDLINE-EXTRA
+#   VMM   vessel (/lab/bin/vessel-vmm) or qemu (/lab/qemu: QEMU microvm, ACPI, virtio-mmio)
+#   DISK  PATH or PATH,ro (the virtio-blk disk, /dev/vda in the guest)
+#   Records OUT.cmd (the command run), OUT.serial (the guest's serial output, each line prefixed with level 1's
+#   uptime when it arrived), OUT.err (the VMM's stderr), OUT.rc (its exit status), OUT.time (launch -> exit, s)
+#   and OUT.marker (launch -> VESSEL-L2-UP, s, or "-").
+#
+# Settings (the lab scripts write them into run.sh): L2_MEM (MiB), L2_CPUS, L2_TIMEOUT (s per boot),
+# L2_CMDLINE (base kernel command line; CMDLINE-EXTRA is appended).
+L2_MEM=${L2_MEM:-256}
+L2_CPUS=${L2_CPUS:-2}
+L2_TIMEOUT=${L2_TIMEOUT:-180}
+L2_CMDLINE=${L2_CMDLINE:-console=ttyS0 quiet panic=-1}
+# Level 1 has no shared libraries: QEMU runs through its own copied loader and libraries.
+QEMU="/lab/qemu/ld-linux-x86-64.so.2 --library-path /lab/qemu/lib /lab/qemu/bin/qemu-system-x86_64 -L /lab/qemu/share"
+
+now() { read -r _u _ < /proc/uptime; echo "$_u"; }
+
+# Prefix each line with level 1's uptime (centiseconds) as it arrives: the launch -> marker time without
+# forking per line. A last line without a newline is kept.
+stamp() {
+  while IFS= read -r _l || [ -n "$_l" ]; do
+    read -r _u _ < /proc/uptime
+    echo "$_u $_l"
+  done
+}
+
+boot_l2() {
+  _out=$1 _vmm=$2 _disk=$3
+  _cmdline="$L2_CMDLINE $4"
+  _path=${_disk%,ro}
+  case $_vmm in
+    vessel)
+      set -- /lab/bin/vessel-vmm --kernel /lab/vmlinuz --initrd /lab/l2.initrd.gz --cmdline "$_cmdline" \
+        --cpus "$L2_CPUS" --memory "$L2_MEM" --disk "$_disk" --serial stdio
+      ;;
+    qemu)
+      _ro=
+      [ "$_path" != "$_disk" ] && _ro=,readonly=on
+      # -no-reboot: a guest reset ends QEMU (status 0), as a VMM process per boot should. Debian 12's microvm
+      # (QEMU 7.2) gave Linux no reset that worked (no i8042; ACPI reset had no effect), so Linux fell through to
+      # its real-mode BIOS restart, which died in KVM ("emulation failure"): reset by triple fault instead
+      # (reboot=t, as QEMU's microvm docs recommend).
+      # shellcheck disable=SC2086 # $QEMU is a command with arguments
+      set -- $QEMU -M microvm,acpi=on -accel kvm -cpu host -m "$L2_MEM" -smp "$L2_CPUS" -nodefaults \
+        -no-user-config -nographic -serial stdio -no-reboot -kernel /lab/vmlinuz -initrd /lab/l2.initrd.gz \
+        -append "$_cmdline reboot=t" -drive "id=d0,file=$_path,format=raw,if=none$_ro" -device virtio-blk-device,drive=d0 \
+        -device virtio-rng-device
+      ;;
+    *)
+      echo "boot_l2: unknown VMM $_vmm" >&2
+      return 2
+      ;;
+  esac
+  echo "$*" > "$_out.cmd"
+  _t0=$(now)
+  # stdin is /dev/null: a VMM with --serial stdio must keep running when its input is at EOF.
+  { timeout -s KILL "$L2_TIMEOUT" "$@" < /dev/null 2> "$_out.err"; echo $? > "$_out.rc"; } | stamp > "$_out.serial"
+  _t1=$(now)
+  awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.2f\n", b - a }' > "$_out.time"
+  awk -v a="$_t0" '/VESSEL-L2-UP/ { printf "%.2f\n", $1 - a; found = 1; exit } END { if (!found) print "-" }' \
+    "$_out.serial" > "$_out.marker"
+}
