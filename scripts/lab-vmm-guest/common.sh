@@ -14,7 +14,8 @@
 #                        for level 1's busybox sh) is copied as it is
 #   VESSEL_L2_KERNEL     Debian kernel package for level 2 (default: what linux-image-cloud-amd64 depends on);
 #                        VMLAB_KERNEL keeps choosing level 1's kernel (default: the standard one)
-#   VESSEL_LAB_TARGET_DIR  cargo target dir of the static build and parent of the lab dirs (default target/lab)
+#   VESSEL_LAB_TARGET_DIR  parent of the lab dirs (default target/lab); the static build goes to the usual
+#                          cargo target dir, target/x86_64-unknown-linux-gnu, shared with scripts/bench-vmm
 
 lv_die() {
   echo "$me: FAILED before the lab could run: $*" >&2
@@ -112,13 +113,13 @@ lv_vmm() {
     [ -x "$bin" ] || lv_die "VESSEL_VMM_BIN=$bin is not an executable"
     echo "== $me: using $bin (VESSEL_VMM_BIN; not built)"
   else
-    local t0; t0=$(date +%s)
-    echo "== $me: building a static vessel-vmm (release, $CARGO_TARGET_DIR)"
+    local t0 target_dir=${CARGO_TARGET_DIR:-$top/target}; t0=$(date +%s)
+    echo "== $me: building a static vessel-vmm (release, $target_dir/$triple)"
     rustup target list --installed 2>/dev/null | grep -qx "$triple" || rustup target add "$triple" >/dev/null 2>&1 || true
     # Level 1 is busybox only: no libc to link against at run time.
     (cd "$top" && env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS='-C target-feature=+crt-static' CARGO_TERM_COLOR=never \
       cargo build --quiet --release -p vessel-vmm --target "$triple") || lv_die "the static build of vessel-vmm failed (see above)"
-    bin=$CARGO_TARGET_DIR/$triple/release/vessel-vmm
+    bin=$target_dir/$triple/release/vessel-vmm
     echo "   built in $(($(date +%s) - t0)) s"
   fi
   if [ "$(head -c 4 "$bin")" != $'\x7fELF' ]; then
@@ -135,7 +136,6 @@ lv_vmm() {
 # lv_prepare LAB NEED-VESSEL NEED-QEMU (0 or 1 each): everything above, and the level-1 boot helper.
 lv_prepare() {
   local lab=$1 need_vessel=$2 need_qemu=$3
-  export CARGO_TARGET_DIR=${VESSEL_LAB_TARGET_DIR:-$top/target/lab}
   rm -rf "$lab"
   mkdir -p "$lab/out"
   lv_deps

@@ -81,6 +81,7 @@ pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, La
         .map(|path| boot::load_initrd(&mem, &kernel, path))
         .transpose()?;
     let cmdline_len = boot::write_cmdline(&mem, &config.cmdline)?;
+    boot::write_reset_vector(&mem)?;
 
     let mut vm = Vm::new(&kvm, mem.clone(), config.cpus as u8)?;
     add_serial(&mut vm, &config.serial)?;

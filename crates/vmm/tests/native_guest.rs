@@ -175,3 +175,16 @@ fn a_guest_that_spins_is_stopped_by_another_device_exit() {
     assert_eq!(guest.vm.run().unwrap(), VmExit::PowerOff);
     stopper.join().unwrap();
 }
+
+#[test]
+fn a_jump_to_the_reset_vector_resets_the_vm() {
+    // What Linux does last when asked to reboot: a far jump to F000:FFF0, in real mode.
+    let guest = guest(&[0xea, 0xf0, 0xff, 0x00, 0xf0], 1, StartMode::Real); // jmp f000:fff0
+    vessel_vmm::arch::boot::write_reset_vector(guest.vm.memory()).unwrap();
+    assert_eq!(
+        guest.vm.run().unwrap(),
+        VmExit::Reset {
+            how: "ACPI reset register"
+        }
+    );
+}

@@ -158,6 +158,29 @@ pub fn load_initrd(mem: &GuestMemory, kernel: &LoadedKernel, path: &Path) -> Res
     })
 }
 
+/// Real-mode code at the reset vector: write the ACPI reset value to the reset register, halt.
+fn reset_vector_stub() -> [u8; 9] {
+    let [port_lo, port_hi] = ACPI_RESET_PORT.to_le_bytes();
+    // mov al, value; mov dx, port; out dx, al; hlt; jmp back to hlt
+    [
+        0xb0,
+        ACPI_RESET_VALUE,
+        0xba,
+        port_lo,
+        port_hi,
+        0xee,
+        0xf4,
+        0xeb,
+        0xfd,
+    ]
+}
+
+/// Installs the reset-vector stub, the VMM's one piece of firmware.
+pub fn write_reset_vector(mem: &GuestMemory) -> Result<(), BootError> {
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR_ADDR))
+        .map_err(|e| BootError::WriteGuest(e.to_string()))
+}
+
 /// Writes the NUL-terminated command line at `CMDLINE_ADDR`; returns its length without the NUL.
 pub fn write_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<usize, BootError> {
     if cmdline.contains('\0') {
@@ -180,7 +203,7 @@ pub fn write_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<usize, BootErro
 pub fn memory_map(mem: &GuestMemory) -> Vec<(u64, u64, u32)> {
     let mut map = vec![
         (0, EBDA_ADDR, E820_RAM),
-        (ACPI_RSDP_ADDR, ACPI_TABLES_END - ACPI_RSDP_ADDR, E820_RESERVED),
+        (ACPI_RSDP_ADDR, BIOS_AREA_END - ACPI_RSDP_ADDR, E820_RESERVED),
     ];
     for region in mem.iter() {
         let (start, end) = (

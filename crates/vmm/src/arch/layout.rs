@@ -24,9 +24,16 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 0x10000;
 /// End of conventional low memory usable by the guest (the EBDA follows).
 pub const EBDA_ADDR: u64 = 0x9fc00;
-/// ACPI tables: the RSDP where the BIOS search area begins, the other tables after it.
+/// ACPI tables: the RSDP where the BIOS search area begins, the other tables after it, up to
+/// the reset vector.
 pub const ACPI_RSDP_ADDR: u64 = 0xe0000;
-pub const ACPI_TABLES_END: u64 = 0x100000;
+pub const ACPI_TABLES_END: u64 = RESET_VECTOR_ADDR;
+/// Where a PC's CPU starts after reset (F000:FFF0). Linux jumps here as its last way to reboot
+/// ("BIOS" reboot, which it prefers on hardware-reduced ACPI without EFI); the VMM's stub there
+/// turns the jump into a reset request.
+pub const RESET_VECTOR_ADDR: u64 = 0xffff0;
+/// End of the legacy BIOS area, reserved in the guest's memory map.
+pub const BIOS_AREA_END: u64 = 0x100000;
 /// Kernels load at 1 MiB and RAM above it is free for the guest.
 pub const HIGH_MEMORY_ADDR: u64 = 0x100000;
 
