@@ -50,7 +50,34 @@ fn halt() -> Vec<u8> {
 
 /// An ELF64 executable whose one segment holds `code` at 1 MiB, entered there in long mode.
 pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
-    let offset = (EHDR_SIZE + PHDR_SIZE) as u64;
+    build_elf(code, false)
+}
+
+/// Like `elf_kernel`, plus the Xen PVH note, so `code` is entered in 32-bit protected mode
+/// with EBX pointing at `hvm_start_info`.
+pub fn pvh_elf_kernel(code: &[u8]) -> Vec<u8> {
+    build_elf(code, true)
+}
+
+/// `mov al, [ebx]`: the first byte PVH's EBX points at (the start-info magic's low byte, 0x78).
+pub fn load_byte_at_ebx() -> Vec<u8> {
+    vec![0x8a, 0x03]
+}
+
+/// Writes AL to COM1.
+pub fn print_al() -> Vec<u8> {
+    let mut code = set_port(COM1_PORT);
+    code.push(0xee);
+    code
+}
+
+const PVH_NOTE_SIZE: usize = 20;
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+fn build_elf(code: &[u8], pvh: bool) -> Vec<u8> {
+    let phnum = if pvh { 2 } else { 1 };
+    let note_offset = (EHDR_SIZE + PHDR_SIZE * phnum) as u64;
+    let offset = note_offset + if pvh { PVH_NOTE_SIZE as u64 } else { 0 };
     let entry = HIGH_MEMORY_ADDR + offset;
     let size = offset + code.len() as u64;
     let mut elf = Vec::with_capacity(size as usize);
@@ -64,13 +91,26 @@ pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
     elf.extend((EHDR_SIZE as u64).to_le_bytes()); // program headers follow the ELF header
     elf.extend(0u64.to_le_bytes()); // no section headers
     elf.extend(0u32.to_le_bytes());
-    for half in [EHDR_SIZE as u16, PHDR_SIZE as u16, 1, 64, 0, 0] {
+    for half in [EHDR_SIZE as u16, PHDR_SIZE as u16, phnum as u16, 64, 0, 0] {
         elf.extend(half.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
     }
     elf.extend(1u32.to_le_bytes()); // PT_LOAD
     elf.extend(7u32.to_le_bytes()); // read, write, execute
     for word in [0, HIGH_MEMORY_ADDR, HIGH_MEMORY_ADDR, size, size, 0x1000] {
         elf.extend(word.to_le_bytes()); // offset, vaddr, paddr, filesz, memsz, align
+    }
+    if pvh {
+        elf.extend(4u32.to_le_bytes()); // PT_NOTE
+        elf.extend(4u32.to_le_bytes()); // read
+        let note = PVH_NOTE_SIZE as u64;
+        for word in [note_offset, 0, 0, note, note, 4] {
+            elf.extend(word.to_le_bytes());
+        }
+        for word in [4, 4, XEN_ELFNOTE_PHYS32_ENTRY] {
+            elf.extend(u32::to_le_bytes(word)); // name size, descriptor size, type
+        }
+        elf.extend(b"Xen\0");
+        elf.extend((entry as u32).to_le_bytes());
     }
     elf.extend(code);
     elf
@@ -95,5 +135,12 @@ mod tests {
         let mut loaded = vec![0u8; code.len()];
         mem.read_slice(&mut loaded, kernel.entry).unwrap();
         assert_eq!(loaded, code);
+        std::fs::write(&path, pvh_elf_kernel(&code)).unwrap();
+        let pvh = load_kernel(&mem, &path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            (pvh.mode, pvh.entry.0),
+            (EntryMode::Pvh, HIGH_MEMORY_ADDR + 176 + 20)
+        );
     }
 }

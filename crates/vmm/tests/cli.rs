@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use vessel_vmm::handmade::{elf_kernel, power_off, print, reset, spin};
+use vessel_vmm::handmade::{
+    elf_kernel, load_byte_at_ebx, power_off, print, print_al, pvh_elf_kernel, reset, spin,
+};
 use vessel_vmm::kvm::Flavour;
 
 struct Scratch(PathBuf);
@@ -71,6 +73,17 @@ fn guest_output_and_power_off_exit_zero() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello, vmm\n");
     assert_eq!(stderr(&out).trim(), "vessel-vmm: guest powered off");
+}
+
+#[test]
+fn pvh_entry_is_used_when_the_elf_announces_it() {
+    // 32-bit protected mode, EBX = hvm_start_info: the guest prints the magic's low byte.
+    let dir = Scratch::new("pvh");
+    let code = [load_byte_at_ebx(), print_al(), print(b"/pvh\n"), power_off()].concat();
+    let kernel = dir.file("k", &pvh_elf_kernel(&code));
+    let out = boot(&kernel, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x/pvh\n");
 }
 
 #[test]
