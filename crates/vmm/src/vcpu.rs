@@ -1,13 +1,14 @@
-//! One thread per vCPU: run the guest, dispatch its port and MMIO accesses to the buses, and
-//! report the exits that end the VM.
+//! One thread per vCPU: run the guest, dispatch its port and MMIO accesses to the buses, park
+//! while the VM is paused, and report the exits that end the VM.
 
 use crate::devices::bus::Bus;
 use crate::exit::{ExitSender, VmExit};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// What every vCPU thread shares.
@@ -16,8 +17,92 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exits: ExitSender,
-    /// Set when the VM is ending; a kick signal then gets each thread out of KVM_RUN.
-    pub stop: Arc<AtomicBool>,
+    pub control: Arc<RunControl>,
+}
+
+/// Stop and pause requests to the vCPU threads, and how many of them are parked.
+///
+/// A request is a flag plus kick signals: the signal gets a thread out of KVM_RUN, the flag
+/// tells it why. Kicks repeat until the threads answer, which closes the race with a thread
+/// that was just about to enter KVM_RUN when the first kick landed.
+#[derive(Default)]
+pub struct RunControl {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl RunControl {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.pause.load(Ordering::Acquire)
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks every vCPU to park and returns once all `threads` are parked (or have ended).
+    pub fn pause(&self, threads: &[JoinHandle<()>]) {
+        self.pause.store(true, Ordering::Release);
+        let mut parked = self.parked();
+        loop {
+            let running = threads.iter().filter(|t| !t.is_finished()).count();
+            if *parked >= running {
+                return;
+            }
+            for thread in threads.iter().filter(|t| !t.is_finished()) {
+                let _ = thread.kill(kick_signal());
+            }
+            parked = self
+                .changed
+                .wait_timeout(parked, Duration::from_micros(500))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.pause.store(false, Ordering::Release);
+        let _parked = self.parked();
+        self.changed.notify_all();
+    }
+
+    /// Parks the calling vCPU thread while a pause lasts (and the VM is not stopping).
+    fn park(&self, vcpu: &VcpuFd) {
+        let mut parked = self.parked();
+        *parked += 1;
+        self.changed.notify_all();
+        // Tell a kvmclock guest it was stopped on purpose, so its watchdogs do not fire on
+        // resume. Guests without kvmclock make this fail, which is fine.
+        let _ = vcpu.kvmclock_ctrl();
+        while self.paused() && !self.stopping() {
+            parked = self.changed.wait(parked).unwrap_or_else(|p| p.into_inner());
+        }
+        *parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Ends every vCPU thread: flag, then kicks until each has returned.
+    pub fn stop_all(&self, threads: Vec<JoinHandle<()>>) {
+        self.stop.store(true, Ordering::Release);
+        {
+            let _parked = self.parked();
+            self.changed.notify_all();
+        }
+        for thread in threads {
+            while !thread.is_finished() {
+                let _ = thread.kill(kick_signal());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The signal that interrupts KVM_RUN so a vCPU thread sees `stop`.
@@ -46,23 +131,15 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHand
         .spawn(move || run(id, vcpu, ctx))
 }
 
-/// Kicks vCPU threads out of KVM_RUN until all have returned. `stop` must already be set.
-pub fn stop_all(threads: Vec<JoinHandle<()>>) {
-    for thread in threads {
-        // A kick that lands just before the thread enters KVM_RUN is lost, so keep kicking.
-        while !thread.is_finished() {
-            let _ = thread.kill(kick_signal());
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        let _ = thread.join();
-    }
-}
-
 fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     let fail = |error: String| {
         let _ = ctx.exits.send(VmExit::VcpuFailed { vcpu: id, error });
     };
-    while !ctx.stop.load(Ordering::Acquire) {
+    while !ctx.control.stopping() {
+        if ctx.control.paused() {
+            ctx.control.park(&vcpu);
+            continue;
+        }
         let exit = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,

@@ -7,13 +7,12 @@ use crate::arch::regs::{self, RegsError, StartMode};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::irq::IrqLine;
 use crate::exit::{ExitSender, VmExit};
-use crate::vcpu::{self, VcpuContext};
+use crate::vcpu::{self, RunControl, VcpuContext};
 use crate::GuestMemory;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -180,34 +179,100 @@ impl Vm {
 
     /// Runs the vCPUs until the first exit event, then stops them all and returns that event.
     pub fn run(self) -> Result<VmExit, VmError> {
-        let stop = Arc::new(AtomicBool::new(false));
+        Ok(self.start()?.wait())
+    }
+
+    /// Starts the vCPU threads; the returned handle pauses, resumes and waits for the end.
+    pub fn start(self) -> Result<RunningVm, VmError> {
+        let control = Arc::new(RunControl::default());
         let ctx = VcpuContext {
             pio: Arc::new(self.pio),
             mmio: Arc::new(self.mmio),
             exits: self.exits.clone(),
-            stop: stop.clone(),
+            control: control.clone(),
         };
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             match vcpu::spawn(id as u8, vcpu, ctx.clone()) {
                 Ok(thread) => threads.push(thread),
                 Err(e) => {
-                    stop.store(true, Ordering::Release);
-                    vcpu::stop_all(threads);
+                    control.stop_all(threads);
                     return Err(e.into());
                 }
             }
         }
-        drop(ctx);
-        // The Vm holds a sender itself, so recv only ends with an event.
-        let exit = self.exit_events.recv().unwrap_or(VmExit::VcpuFailed {
-            vcpu: 0,
-            error: "no vCPU left".into(),
-        });
-        stop.store(true, Ordering::Release);
-        vcpu::stop_all(threads);
-        drop(self.kvm_vm);
-        drop(self.mem);
-        Ok(exit)
+        Ok(RunningVm {
+            control,
+            threads: Mutex::new(threads),
+            exits: self.exits,
+            exit_events: Mutex::new(self.exit_events),
+            kvm_vm: self.kvm_vm,
+            mem: self.mem,
+        })
+    }
+}
+
+/// A VM whose vCPUs are running (or paused).
+pub struct RunningVm {
+    control: Arc<RunControl>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    exits: ExitSender,
+    exit_events: Mutex<Receiver<VmExit>>,
+    // Declared after the threads: guest memory and the VM outlive every vCPU.
+    kvm_vm: VmFd,
+    mem: GuestMemory,
+}
+
+impl RunningVm {
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.control.paused()
+    }
+
+    /// Stops every vCPU outside KVM_RUN; returns when all are parked. The guest's kvmclock is
+    /// told (KVM_KVMCLOCK_CTRL) so the pause does not look like a soft lockup on resume.
+    pub fn pause(&self) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        self.control.pause(&threads);
+    }
+
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Where an outside party (the API, a test) can end the run.
+    pub fn exit_sender(&self) -> ExitSender {
+        self.exits.clone()
+    }
+
+    /// The KVM clock, for callers that stop time across a pause or a snapshot.
+    pub fn clock(&self) -> Result<kvm_bindings::kvm_clock_data, VmError> {
+        self.kvm_vm.get_clock().map_err(kvm_err("read the KVM clock"))
+    }
+
+    /// Blocks until the first exit event, then stops the vCPUs and returns that event.
+    pub fn wait(&self) -> VmExit {
+        let exit = {
+            let events = self.exit_events.lock().unwrap_or_else(|p| p.into_inner());
+            // The VM holds a sender itself, so recv only ends with an event.
+            events.recv().unwrap_or(VmExit::VcpuFailed {
+                vcpu: 0,
+                error: "no vCPU left".into(),
+            })
+        };
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        self.control.stop_all(threads);
+        exit
+    }
+}
+
+impl Drop for RunningVm {
+    /// A handle dropped without `wait` must still stop its vCPUs before guest memory goes.
+    fn drop(&mut self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        self.control.stop_all(threads);
     }
 }

@@ -188,3 +188,80 @@ fn a_jump_to_the_reset_vector_resets_the_vm() {
         }
     );
 }
+
+/// Remembers the last 32-bit value written to its port.
+#[derive(Default)]
+struct CounterPort(Arc<Mutex<u32>>);
+impl BusDevice for CounterPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if let Ok(bytes) = <[u8; 4]>::try_from(data) {
+            *self.0.lock().unwrap() = u32::from_le_bytes(bytes);
+        }
+    }
+}
+
+/// xor ebx, ebx; loop: inc ebx; mov eax, ebx; mov edx, 0x500; out dx, eax; jmp loop
+const COUNTER_GUEST: [u8; 14] = [
+    0x31, 0xdb, 0xff, 0xc3, 0x89, 0xd8, 0xba, 0x00, 0x05, 0x00, 0x00, 0xef, 0xeb, 0xf4,
+];
+const COUNTER_PORT: u16 = 0x500;
+
+/// Waits (up to 10 s, for loaded machines) until the count moves past `from`.
+fn counts_past(counter: &Arc<Mutex<u32>>, from: u32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if *counter.lock().unwrap() > from {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+fn counter_after(counter: &Arc<Mutex<u32>>, wait_ms: u64) -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+    *counter.lock().unwrap()
+}
+
+#[test]
+fn pause_stops_every_vcpu_and_resume_continues_the_count() {
+    let mut guest = guest(&COUNTER_GUEST, 2, StartMode::Kernel(EntryMode::Linux64));
+    let counter = Arc::new(Mutex::new(0));
+    guest
+        .vm
+        .add_port_device(
+            COUNTER_PORT,
+            4,
+            Arc::new(Mutex::new(CounterPort(counter.clone()))),
+        )
+        .unwrap();
+    let running = guest.vm.start().unwrap();
+    assert!(counts_past(&counter, 0), "the guest counts");
+    running.pause();
+    assert!(running.is_paused());
+    let paused = counter_after(&counter, 0);
+    assert_eq!(counter_after(&counter, 150), paused, "no vCPU runs while paused");
+    running.resume();
+    assert!(counts_past(&counter, paused), "the count goes on after resume");
+    running.pause();
+    running.pause();
+    running.resume();
+    running.exit_sender().send(VmExit::PowerOff).unwrap();
+    assert_eq!(running.wait(), VmExit::PowerOff);
+}
+
+#[test]
+fn a_paused_vm_can_still_be_stopped() {
+    let mut guest = guest(&COUNTER_GUEST, 1, StartMode::Kernel(EntryMode::Linux64));
+    guest
+        .vm
+        .add_port_device(COUNTER_PORT, 4, Arc::new(Mutex::new(CounterPort::default())))
+        .unwrap();
+    let running = guest.vm.start().unwrap();
+    running.pause();
+    running.exit_sender().send(VmExit::PowerOff).unwrap();
+    assert_eq!(running.wait(), VmExit::PowerOff);
+}
