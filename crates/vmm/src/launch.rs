@@ -54,12 +54,22 @@ pub fn run(config: &VmConfig) -> Result<VmExit, LaunchError> {
 /// Like `run`, calling `on_ready` once the VMM holds KVM and is about to build the VM (what a
 /// supervisor waits for before it counts the boot).
 pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, LaunchError> {
+    let kvm = open_kvm(config)?;
+    on_ready();
+    Ok(build(&kvm, config)?.run()?)
+}
+
+/// Checks `config` and opens KVM (refusing a stock kernel on kvm-pvm).
+pub fn open_kvm(config: &VmConfig) -> Result<kvm_ioctls::Kvm, LaunchError> {
     config.validate()?;
     if Flavour::detect() == Flavour::Pvm && !config.pvm_guest_kernel {
         return Err(LaunchError::PvmHost);
     }
-    let kvm = kvm::open()?;
-    on_ready();
+    Ok(kvm::open()?)
+}
+
+/// Builds the VM `config` describes, ready to start: memory, kernel, devices, ACPI, vCPUs.
+pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError> {
     let mem = memory::create(config.memory_mib, memory::MIN_LINUX_MIB)?;
     // Disks first: a locked or missing disk should fail before anything costly.
     let disks = config
@@ -83,7 +93,7 @@ pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, La
     let cmdline_len = boot::write_cmdline(&mem, &config.cmdline)?;
     boot::write_reset_vector(&mem)?;
 
-    let mut vm = Vm::new(&kvm, mem.clone(), config.cpus as u8)?;
+    let mut vm = Vm::new(kvm, mem.clone(), config.cpus as u8)?;
     add_serial(&mut vm, &config.serial)?;
     // One device spans data (0x60) to command (0x64); the in-kernel PIT answers 0x61 first.
     vm.add_port_device(
@@ -127,7 +137,7 @@ pub fn run_with(config: &VmConfig, on_ready: impl FnOnce()) -> Result<VmExit, La
     let rsdp = acpi::write_acpi_tables(&mem, &machine)?;
     boot::write_boot_info(&mem, &kernel, cmdline_len, initrd, rsdp)?;
     vm.configure_vcpus(kernel.entry.0, StartMode::Kernel(kernel.mode))?;
-    Ok(vm.run()?)
+    Ok(vm)
 }
 
 fn open_sink(config: &SerialConfig) -> Result<SerialSink, LaunchError> {
