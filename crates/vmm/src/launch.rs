@@ -7,7 +7,7 @@ use crate::arch::regs::StartMode;
 use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::devices::input_feed::spawn_input_feed;
 use crate::devices::legacy::{AcpiPowerRegisters, I8042};
-use crate::devices::serial::{SerialPort, SerialSink};
+use crate::devices::serial::{SerialPort, SerialSink, SerialSnapshot};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -37,6 +37,8 @@ pub enum LaunchError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error("Cannot restore the serial port: {0}")]
+    SerialState(std::io::Error),
     #[error("Cannot open console output {path}: {source}")]
     ConsoleFile {
         path: std::path::PathBuf,
@@ -94,15 +96,7 @@ pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError
     boot::write_reset_vector(&mem)?;
 
     let mut vm = Vm::new(kvm, mem.clone(), config.cpus as u8)?;
-    add_serial(&mut vm, &config.serial)?;
-    // One device spans data (0x60) to command (0x64); the in-kernel PIT answers 0x61 first.
-    vm.add_port_device(
-        I8042_DATA_PORT,
-        I8042::LEN,
-        Arc::new(Mutex::new(I8042::new(vm.exit_sender()))),
-    )?;
-    let power = Arc::new(Mutex::new(AcpiPowerRegisters::new(vm.exit_sender())));
-    vm.add_port_device(ACPI_SLEEP_CONTROL_PORT, AcpiPowerRegisters::LEN as u16, power)?;
+    add_platform_devices(&mut vm, config, None)?;
 
     let mut devices: Vec<Box<dyn VirtioDevice>> = disks.into_iter().map(|d| Box::new(d) as _).collect();
     if config.rng {
@@ -123,6 +117,7 @@ pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError
         let irq = vm.irq_line(gsi)?;
         let transport = MmioTransport::new(mem.clone(), device, irq);
         vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        vm.count_virtio_device();
         windows.push(VirtioMmioWindow {
             base,
             size: VIRTIO_MMIO_SIZE,
@@ -157,13 +152,36 @@ fn open_sink(config: &SerialConfig) -> Result<SerialSink, LaunchError> {
     })
 }
 
-fn add_serial(vm: &mut Vm, config: &SerialConfig) -> Result<(), LaunchError> {
-    let sink = open_sink(config)?;
-    let port = Arc::new(Mutex::new(SerialPort::new(
-        vm.irq_line(COM1_GSI)?,
-        Box::new(sink),
-    )));
+/// COM1 (fresh, or in a snapshot's state), the i8042 and the ACPI power registers; the VM
+/// keeps `config` and the serial port for snapshots.
+pub fn add_platform_devices(
+    vm: &mut Vm,
+    config: &VmConfig,
+    serial_state: Option<&SerialSnapshot>,
+) -> Result<(), LaunchError> {
+    add_serial(vm, &config.serial, serial_state)?;
+    // One device spans data (0x60) to command (0x64); the in-kernel PIT answers 0x61 first.
+    vm.add_port_device(
+        I8042_DATA_PORT,
+        I8042::LEN,
+        Arc::new(Mutex::new(I8042::new(vm.exit_sender()))),
+    )?;
+    let power = Arc::new(Mutex::new(AcpiPowerRegisters::new(vm.exit_sender())));
+    vm.add_port_device(ACPI_SLEEP_CONTROL_PORT, AcpiPowerRegisters::LEN as u16, power)?;
+    vm.set_config(config.clone());
+    Ok(())
+}
+
+fn add_serial(vm: &mut Vm, config: &SerialConfig, state: Option<&SerialSnapshot>) -> Result<(), LaunchError> {
+    let sink = Box::new(open_sink(config)?);
+    let irq = vm.irq_line(COM1_GSI)?;
+    let port = match state {
+        Some(state) => SerialPort::restore(irq, sink, state).map_err(LaunchError::SerialState)?,
+        None => SerialPort::new(irq, sink),
+    };
+    let port = Arc::new(Mutex::new(port));
     vm.add_port_device(COM1_PORT, 8, port.clone())?;
+    vm.set_serial(port.clone());
     if *config == SerialConfig::Stdio {
         // The feed thread is left to end with the process: it may be blocked reading stdin.
         let feed = move |bytes: &[u8]| port.lock().unwrap_or_else(|p| p.into_inner()).feed(bytes);

@@ -12,6 +12,7 @@ pub mod handmade;
 pub mod kvm;
 pub mod launch;
 pub mod memory;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -3,6 +3,7 @@
 
 use crate::devices::bus::Bus;
 use crate::exit::{ExitSender, VmExit};
+use crate::snapshot::state::VcpuState;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,15 @@ pub struct RunControl {
     pause: AtomicBool,
     parked: Mutex<usize>,
     changed: Condvar,
+    /// A snapshot's request: parked vCPUs save their state into their slot.
+    capture: Mutex<Capture>,
+}
+
+#[derive(Default)]
+struct Capture {
+    /// The MSRs KVM can save; each vCPU keeps those it can read.
+    msr_list: Option<Arc<Vec<u32>>>,
+    states: Vec<Option<Result<VcpuState, String>>>,
 }
 
 impl RunControl {
@@ -73,8 +83,67 @@ impl RunControl {
         self.changed.notify_all();
     }
 
+    /// Pauses every vCPU and has each save its state; returns the states in vCPU order.
+    pub fn pause_and_capture(
+        &self,
+        threads: &[JoinHandle<()>],
+        msr_list: Vec<u32>,
+    ) -> Vec<Result<VcpuState, String>> {
+        {
+            let mut capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+            capture.msr_list = Some(Arc::new(msr_list));
+            capture.states = threads.iter().map(|_| None).collect();
+        }
+        self.pause(threads);
+        // vCPUs parked before the request capture when woken.
+        let mut parked = self.parked();
+        self.changed.notify_all();
+        loop {
+            let done = {
+                let capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+                threads
+                    .iter()
+                    .zip(&capture.states)
+                    .all(|(t, s)| s.is_some() || t.is_finished())
+            };
+            if done {
+                break;
+            }
+            parked = self
+                .changed
+                .wait_timeout(parked, Duration::from_millis(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(parked);
+        let mut capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        capture.msr_list = None;
+        std::mem::take(&mut capture.states)
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err("the vCPU thread had ended".into())))
+            .collect()
+    }
+
+    /// Saves this vCPU's state if a snapshot asked and it has not yet.
+    fn capture_if_asked(&self, id: u8, vcpu: &VcpuFd) {
+        let mut capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = capture.msr_list.clone() else {
+            return;
+        };
+        if capture.states.get(usize::from(id)).is_some_and(|s| s.is_none()) {
+            let msrs: Vec<u32> = list
+                .iter()
+                .copied()
+                .filter(|&index| crate::snapshot::state::msr_readable(vcpu, index))
+                .collect();
+            capture.states[usize::from(id)] =
+                Some(VcpuState::capture(vcpu, &msrs).map_err(|e| e.to_string()));
+        }
+    }
+
     /// Parks the calling vCPU thread while a pause lasts (and the VM is not stopping).
-    fn park(&self, vcpu: &VcpuFd) {
+    fn park(&self, id: u8, vcpu: &VcpuFd) {
+        self.capture_if_asked(id, vcpu);
         let mut parked = self.parked();
         *parked += 1;
         self.changed.notify_all();
@@ -83,6 +152,9 @@ impl RunControl {
         let _ = vcpu.kvmclock_ctrl();
         while self.paused() && !self.stopping() {
             parked = self.changed.wait(parked).unwrap_or_else(|p| p.into_inner());
+            drop(parked);
+            self.capture_if_asked(id, vcpu);
+            parked = self.parked();
         }
         *parked -= 1;
         self.changed.notify_all();
@@ -137,7 +209,7 @@ fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     };
     while !ctx.control.stopping() {
         if ctx.control.paused() {
-            ctx.control.park(&vcpu);
+            ctx.control.park(id, &vcpu);
             continue;
         }
         let exit = match vcpu.run() {

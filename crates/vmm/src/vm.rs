@@ -6,7 +6,9 @@ use crate::arch::layout::KVM_TSS_ADDR;
 use crate::arch::regs::{self, RegsError, StartMode};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::irq::IrqLine;
+use crate::devices::serial::SerialPort;
 use crate::exit::{ExitSender, VmExit};
+use crate::snapshot::state::VcpuState;
 use crate::vcpu::{self, RunControl, VcpuContext};
 use crate::GuestMemory;
 use kvm_bindings::{
@@ -52,6 +54,19 @@ pub struct Vm {
     mmio: Bus,
     exits: ExitSender,
     exit_events: Receiver<VmExit>,
+    extras: Extras,
+}
+
+/// What a snapshot needs beyond KVM: the config the VM was built from, COM1, and whether
+/// virtio devices (whose queue state snapshots do not carry yet) are present.
+#[derive(Default)]
+pub struct Extras {
+    pub config: Option<crate::config::VmConfig>,
+    pub serial: Option<Arc<Mutex<SerialPort>>>,
+    pub virtio_devices: usize,
+    /// The CPUID table given to each vCPU: what the guest may have seen (KVM_GET_CPUID2 may
+    /// report more, e.g. on kvm-pvm).
+    pub cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
 }
 
 impl Vm {
@@ -117,11 +132,39 @@ impl Vm {
             mmio: Bus::new(),
             exits,
             exit_events,
+            extras: Extras::default(),
         })
     }
 
     pub fn memory(&self) -> &GuestMemory {
         &self.mem
+    }
+
+    pub fn set_config(&mut self, config: crate::config::VmConfig) {
+        self.extras.config = Some(config);
+    }
+
+    pub fn set_serial(&mut self, port: Arc<Mutex<SerialPort>>) {
+        self.extras.serial = Some(port);
+    }
+
+    /// Records the CPUID tables a restore gave the vCPUs.
+    pub fn set_cpuids(&mut self, cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>) {
+        self.extras.cpuids = cpuids;
+    }
+
+    pub fn count_virtio_device(&mut self) {
+        self.extras.virtio_devices += 1;
+    }
+
+    /// The KVM VM, for restoring VM-wide state before the start.
+    pub fn kvm_vm(&self) -> &VmFd {
+        &self.kvm_vm
+    }
+
+    /// The vCPUs, for restoring their state before the start.
+    pub fn vcpus(&self) -> &[VcpuFd] {
+        &self.vcpus
     }
 
     pub fn vcpu_count(&self) -> u8 {
@@ -162,11 +205,12 @@ impl Vm {
 
     /// Sets every vCPU's CPUID, MSRs, FPU and LAPIC; vCPU 0 starts at `entry` in `mode`, the
     /// others wait for the boot processor's INIT/SIPI as on a PC.
-    pub fn configure_vcpus(&self, entry: u64, mode: StartMode) -> Result<(), VmError> {
+    pub fn configure_vcpus(&mut self, entry: u64, mode: StartMode) -> Result<(), VmError> {
         let count = self.vcpu_count();
         for (id, vcpu) in self.vcpus.iter().enumerate() {
             let cpuid = cpuid::vcpu_cpuid(&self.supported_cpuid, id as u8, count)?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set a vCPU's CPUID"))?;
+            self.extras.cpuids.push(cpuid.as_slice().to_vec());
             regs::setup_msrs(vcpu)?;
             regs::setup_fpu(vcpu)?;
             regs::setup_lapic(vcpu)?;
@@ -208,6 +252,7 @@ impl Vm {
             exit_events: Mutex::new(self.exit_events),
             kvm_vm: self.kvm_vm,
             mem: self.mem,
+            extras: self.extras,
         })
     }
 }
@@ -221,6 +266,7 @@ pub struct RunningVm {
     // Declared after the threads: guest memory and the VM outlive every vCPU.
     kvm_vm: VmFd,
     mem: GuestMemory,
+    extras: Extras,
 }
 
 impl RunningVm {
@@ -251,6 +297,20 @@ impl RunningVm {
     /// The KVM clock, for callers that stop time across a pause or a snapshot.
     pub fn clock(&self) -> Result<kvm_bindings::kvm_clock_data, VmError> {
         self.kvm_vm.get_clock().map_err(kvm_err("read the KVM clock"))
+    }
+
+    pub fn extras(&self) -> &Extras {
+        &self.extras
+    }
+
+    pub fn kvm_vm(&self) -> &VmFd {
+        &self.kvm_vm
+    }
+
+    /// Pauses the VM and has every vCPU save its state (for a snapshot).
+    pub fn pause_and_capture(&self, msr_list: Vec<u32>) -> Vec<Result<VcpuState, String>> {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        self.control.pause_and_capture(&threads, msr_list)
     }
 
     /// Blocks until the first exit event, then stops the vCPUs and returns that event.

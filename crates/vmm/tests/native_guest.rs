@@ -265,3 +265,79 @@ fn a_paused_vm_can_still_be_stopped() {
     running.exit_sender().send(VmExit::PowerOff).unwrap();
     assert_eq!(running.wait(), VmExit::PowerOff);
 }
+
+/// A counter guest on COM1: each byte it prints is the previous plus one (mod 256), so the
+/// first byte after a restore says whether the guest continued exactly where it stopped.
+/// xor ebx, ebx; mov edx, 0x3f8; loop: inc ebx; mov al, bl; out dx, al; jmp loop
+const SERIAL_COUNTER: [u8; 15] = [
+    0x31, 0xdb, 0xba, 0xf8, 0x03, 0x00, 0x00, 0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9, 0x90,
+];
+
+fn serial_counter_config(dir: &std::path::Path, serial: &str) -> vessel_vmm::config::VmConfig {
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, vessel_vmm::handmade::elf_kernel(&SERIAL_COUNTER)).unwrap();
+    serde_json::from_value(serde_json::json!({
+        "kernel": kernel, "memory_mib": 64, "cpus": 2, "rng": false,
+        "serial": format!("file:{}", dir.join(serial).display()),
+        "pvm_guest_kernel": true,
+    }))
+    .unwrap()
+}
+
+fn wait_for_output(path: &std::path::Path) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = std::fs::read(path).unwrap_or_default();
+        if out.len() > 1000 || std::time::Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn snapshot_and_restore_continue_the_guest_exactly() {
+    let dir = std::env::temp_dir().join(format!("vessel-vmm-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serial_counter_config(&dir, "before.log");
+    let kvm = vessel_vmm::launch::open_kvm(&config).unwrap();
+    let running = vessel_vmm::launch::build(&kvm, &config).unwrap().start().unwrap();
+    assert!(
+        wait_for_output(&dir.join("before.log")).len() > 1000,
+        "the guest counts"
+    );
+    running.pause();
+    let snapshot = dir.join("vm.snap");
+    let info = vessel_vmm::snapshot::create(&running, &snapshot).unwrap();
+    assert!(running.is_paused(), "a paused VM stays paused");
+    let before = std::fs::read(dir.join("before.log")).unwrap();
+    running.exit_sender().send(VmExit::PowerOff).unwrap();
+    running.wait();
+    assert_eq!(info.guest_bytes, 64 << 20);
+    assert!(
+        info.written_bytes < 1 << 20,
+        "zero pages are holes: {} bytes written",
+        info.written_bytes
+    );
+
+    let serial = vessel_vmm::config::SerialConfig::File(dir.join("after.log"));
+    let restored = vessel_vmm::snapshot::restore(&snapshot, serial)
+        .unwrap()
+        .start()
+        .unwrap();
+    let after = wait_for_output(&dir.join("after.log"));
+    restored.exit_sender().send(VmExit::PowerOff).unwrap();
+    restored.wait();
+    let last = *before.last().unwrap();
+    assert_eq!(
+        after[0],
+        last.wrapping_add(1),
+        "the restored guest goes on from the saved count"
+    );
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "and keeps counting"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,7 +3,8 @@
 use super::bus::BusDevice;
 use super::irq::IrqLine;
 use std::io::{self, Write};
-use vm_superio::{serial::NoEvents, Serial};
+use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::Serial;
 
 /// Where the guest's console output goes.
 pub enum SerialSink {
@@ -36,6 +37,13 @@ impl Write for SerialSink {
     }
 }
 
+/// A serial port's saved registers (DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR) and FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub fifo: Vec<u8>,
+}
+
 /// COM1 on the port bus.
 pub struct SerialPort {
     uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
@@ -46,6 +54,46 @@ impl SerialPort {
         Self {
             uart: Serial::new(irq, sink),
         }
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            fifo: s.in_buffer,
+        }
+    }
+
+    /// A port in the state `saved` describes, writing to `sink`.
+    pub fn restore(irq: IrqLine, sink: Box<dyn Write + Send>, saved: &SerialSnapshot) -> io::Result<Self> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            saved.registers;
+        let state = SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: saved.fifo.clone(),
+        };
+        let uart = Serial::from_state(&state, irq, NoEvents, sink)
+            .map_err(|e| io::Error::other(format!("serial state does not fit: {e:?}")))?;
+        Ok(Self { uart })
     }
 
     /// Queues guest input; returns how many bytes fit in the receive FIFO.
