@@ -18,6 +18,7 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testing;
