@@ -20,6 +20,7 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 #[cfg(test)]
 mod testing;
 
