@@ -4,6 +4,7 @@
 //! ACPI tables, devices on the port-I/O and MMIO buses, and one thread per vCPU.
 
 pub mod acpi;
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;

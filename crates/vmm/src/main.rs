@@ -1,5 +1,7 @@
 //! vessel-vmm: boots one microVM from flags or a JSON config and runs it until the guest powers
-//! off (exit 0), resets (exit 3) or fails (exit 1). Usage errors exit 2.
+//! off (exit 0), resets (exit 3) or fails (exit 1). Usage errors exit 2. With `--api-sock` it
+//! also serves an HTTP API on a unix socket, and without a kernel or config it waits for the VM
+//! to be configured and started through that API.
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -18,10 +20,10 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial", "console"])]
     config: Option<PathBuf>,
     /// Kernel: bzImage or ELF vmlinux (PVH entry used when present)
-    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config", "api_sock"])]
     kernel: Option<PathBuf>,
     /// Initramfs
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "kernel")]
     initrd: Option<PathBuf>,
     /// Kernel command line
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
@@ -33,7 +35,7 @@ struct Cli {
     #[arg(long, value_name = "MiB", default_value_t = 128)]
     memory: u64,
     /// A raw disk image as virtio-blk (repeatable): PATH[,ro][,id=NAME]
-    #[arg(long, value_name = "PATH[,ro]")]
+    #[arg(long, value_name = "PATH[,ro]", requires = "kernel")]
     disk: Vec<DiskConfig>,
     /// COM1 console: stdio, none or file:PATH
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
@@ -50,6 +52,10 @@ struct Cli {
     /// Write "ready" and a newline to this inherited file descriptor once KVM is open
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// Serve the HTTP API on this unix socket; without --kernel or --config, the VM is then
+    /// configured and started through it (the other flags give the defaults)
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 }
 
 impl Cli {
@@ -88,18 +94,25 @@ fn main() -> ExitCode {
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| e.to_string());
-            let first = e
-                .to_string()
-                .lines()
+            let message = e.to_string();
+            let mut lines = message.lines();
+            let mut first = lines
                 .next()
                 .unwrap_or(&text)
                 .trim_start_matches("error: ")
                 .to_owned();
+            if first.ends_with(':') {
+                // "required arguments were not provided:" lists them on the indented lines below.
+                let listed: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
+                first = format!("{first} {}", listed.join(", "));
+            }
             eprintln!("vessel-vmm: {first}");
             return ExitCode::from(2);
         }
     };
     let ready_fd = cli.ready_fd;
+    let api_sock = cli.api_sock.clone();
+    let boot_now = cli.kernel.is_some() || cli.config.is_some();
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -107,7 +120,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match launch::run_with(&config, || signal_ready(ready_fd)) {
+    let outcome = match api_sock {
+        Some(socket) => vessel_vmm::api::run(&socket, config, boot_now, || signal_ready(ready_fd))
+            .map_err(|e| e.to_string()),
+        None => launch::run_with(&config, || signal_ready(ready_fd)).map_err(|e| e.to_string()),
+    };
+    match outcome {
         Ok(exit) => {
             eprintln!("vessel-vmm: {exit}");
             ExitCode::from(exit.status() as u8)
