@@ -1,12 +1,14 @@
 # shellcheck shell=bash disable=SC2154 # $top and $me come from the sourcing script
 # Host side shared by scripts/lab-vmm and scripts/bench-vmm-lab (sourced by bash with set -euo pipefail; $top is
 # the repository, $me the calling script's name). Prepares a lab directory that level 1 sees at /lab:
-#   vmlinuz        the level-2 kernel: Debian's cloud flavour (ext4 built in; virtio, virtio_mmio as modules)
-#   l2.initrd.gz   busybox-static, the virtio modules and scripts/lab-vmm-guest/init
-#   disk.img       ext4 made with mkfs.ext4 -d: seed.txt and seed.bin (2 MiB random)
-#   bin/vessel-vmm static (LAB_VMM=vessel)
-#   qemu/          QEMU with its libraries, loader and firmware (LAB_VMM=qemu, the benchmark, comparison by hand)
-#   l1-boot.sh     boot_l2, which run.sh uses to boot one level-2 guest
+#   vmlinuz            the level-2 kernel: Debian's cloud flavour (ext4 built in; virtio, virtio_mmio as modules)
+#   l2.initrd.gz       busybox-static, its virtio modules and scripts/lab-vmm-guest/init; l2.modules: load order
+#   vmlinuz-std        with lv_prepare's NEED-STD: Debian's standard kernel (linux-image-amd64's, as level 1 runs),
+#   l2-std.initrd.gz   where ext4 (jbd2, mbcache, crc16) and crc32c are modules too; l2-std.modules
+#   disk.img           ext4 made with mkfs.ext4 -d: seed.txt and seed.bin (2 MiB random)
+#   bin/vessel-vmm     static (LAB_VMM=vessel)
+#   qemu/              QEMU with its libraries, loader and firmware (LAB_VMM=qemu, the benchmark, comparison by hand)
+#   l1-boot.sh         boot_l2, which run.sh uses to boot one level-2 guest
 #
 # Environment
 #   LAB_VMM              vessel (default) or qemu: what boots level 2 (qemu proves the lab without vessel-vmm)
@@ -14,6 +16,7 @@
 #                        for level 1's busybox sh) is copied as it is
 #   VESSEL_L2_KERNEL     Debian kernel package for level 2 (default: what linux-image-cloud-amd64 depends on);
 #                        VMLAB_KERNEL keeps choosing level 1's kernel (default: the standard one)
+#   VESSEL_L2_STD_KERNEL the standard-kernel package (default: what linux-image-amd64 depends on)
 #   VESSEL_LAB_TARGET_DIR  parent of the lab dirs (default target/lab); the static build goes to the usual
 #                          cargo target dir, target/x86_64-unknown-linux-gnu, shared with scripts/bench-vmm
 
@@ -40,42 +43,66 @@ lv_deps() {
   fi
 }
 
-# The level-2 kernel package, downloaded and unpacked by scripts/vmlab into its cache. Sets L2_KDIR, L2_KVER.
-lv_l2_kernel() {
-  local pkg=${VESSEL_L2_KERNEL:-}
+# lv_pkg META: the versioned kernel package Debian's metapackage META depends on.
+lv_pkg() {
+  local pkg
+  pkg=$(apt-cache depends "$1" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
   if [ -z "$pkg" ]; then
-    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
-    if [ -z "$pkg" ]; then
-      apt-get update -qq >/dev/null
-      pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
-    fi
+    apt-get update -qq >/dev/null
+    pkg=$(apt-cache depends "$1" | awk '/Depends: linux-image-/ { print $2; exit }')
   fi
-  [ -n "$pkg" ] || lv_die "cannot resolve the Debian cloud kernel package (linux-image-cloud-amd64)"
-  L2_KDIR=$(VMLAB_KERNEL=$pkg "$top/scripts/vmlab" kernel) || lv_die "scripts/vmlab could not fetch $pkg"
-  local d
-  for d in "$L2_KDIR"/lib/modules/*/; do L2_KVER=$(basename "$d"); break; done
-  L2_PKG=$pkg
+  [ -n "$pkg" ] || lv_die "cannot resolve the Debian kernel package $1 depends on"
+  echo "$pkg"
 }
 
-# lv_initramfs LAB: the kernel and the level-2 initramfs.
+# lv_kernel PKG: the kernel package, downloaded and unpacked by scripts/vmlab into its cache. Sets K_DIR, K_VER.
+lv_kernel() {
+  local d
+  K_DIR=$(VMLAB_KERNEL=$1 "$top/scripts/vmlab" kernel) || lv_die "scripts/vmlab could not fetch $1"
+  for d in "$K_DIR"/lib/modules/*/; do K_VER=$(basename "$d"); break; done
+}
+
+# The cloud kernel, level 2's default. Sets L2_PKG, L2_KDIR, L2_KVER.
+lv_l2_kernel() {
+  L2_PKG=${VESSEL_L2_KERNEL:-$(lv_pkg linux-image-cloud-amd64)}
+  lv_kernel "$L2_PKG"
+  L2_KDIR=$K_DIR L2_KVER=$K_VER
+}
+
+# The standard kernel. Sets STD_PKG, STD_KDIR, STD_KVER.
+lv_std_kernel() {
+  STD_PKG=${VESSEL_L2_STD_KERNEL:-$(lv_pkg linux-image-amd64)}
+  lv_kernel "$STD_PKG"
+  STD_KDIR=$K_DIR STD_KVER=$K_VER
+}
+
+# lv_initramfs LAB SUFFIX PKG KDIR KVER MODULE...: LAB/vmlinuzSUFFIX, LAB/l2SUFFIX.initrd.gz with the modules
+# (and what they depend on) and LAB/l2SUFFIX.modules, their load order.
 lv_initramfs() {
-  local lab=$1 root
-  cp "$L2_KDIR/boot/vmlinuz-$L2_KVER" "$lab/vmlinuz"
+  local lab=$1 sfx=$2 pkg=$3 kdir=$4 kver=$5 root
+  shift 5
+  cp "$kdir/boot/vmlinuz-$kver" "$lab/vmlinuz$sfx"
   root=$(mktemp -d -t lab-vmm-initramfs.XXXXXX)
   mkdir -p "$root"/{bin,dev,proc,sys,mnt,tmp,lib/modules}
   cp /bin/busybox "$root/bin/"
-  # virtio_mmio: the transport the VMM announces in ACPI; virtio_blk: /dev/vda. The cloud kernel has ext4 (and
-  # jbd2, crc32c) built in; vmlab skips built-in modules and adds each module's dependencies in load order.
-  VMLAB_KERNEL=$L2_PKG "$top/scripts/vmlab" modules "$root/lib/modules" \
-    virtio_mmio virtio_blk virtio_rng virtio_console >/dev/null || lv_die "scripts/vmlab modules failed"
+  # vmlab skips built-in modules and adds each module's dependencies (modules.dep; not softdeps) in load order.
+  VMLAB_KERNEL=$pkg "$top/scripts/vmlab" modules "$root/lib/modules" "$@" >/dev/null ||
+    lv_die "scripts/vmlab modules failed for $pkg"
   # The kernel opens /dev/console for /init before devtmpfs is mounted. Debian's kernels carry a built-in
   # initramfs with that node, so this is a second line of defence only (mknod needs CAP_MKNOD).
   mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
   install -m 755 "$top/scripts/lab-vmm-guest/init" "$root/init"
-  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$lab/l2.initrd.gz"
-  cp "$root/lib/modules/load-order" "$lab/l2.modules"
+  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$lab/l2$sfx.initrd.gz"
+  cp "$root/lib/modules/load-order" "$lab/l2$sfx.modules"
   rm -rf "$root"
 }
+
+# Level 2's modules: virtio_mmio is the transport the VMM announces in ACPI; virtio_blk gives /dev/vda,
+# virtio_rng hw_random, virtio_console /dev/hvc0. The cloud kernel has ext4 (jbd2, crc32c) built in.
+LV_MODULES="virtio_mmio virtio_blk virtio_rng virtio_console"
+# The standard kernel has ext4 as a module, and crc32c too: ext4 and jbd2 ask for it through the crypto API
+# (a softdep, which no modprobe resolves here) when mounting a metadata_csum file system, so it comes first.
+LV_STD_MODULES="$LV_MODULES crc32c_generic ext4"
 
 # lv_disk LAB: disk.img (64 MiB ext4) with seed.txt and seed.bin; their expected contents in seed.txt / seed.md5.
 lv_disk() {
@@ -133,16 +160,23 @@ lv_vmm() {
   strip -o "$lab/bin/vessel-vmm" "$bin"
 }
 
-# lv_prepare LAB NEED-VESSEL NEED-QEMU (0 or 1 each): everything above, and the level-1 boot helper.
+# lv_prepare LAB NEED-VESSEL NEED-QEMU [NEED-STD] (0 or 1 each): everything above, and the level-1 boot helper.
 lv_prepare() {
-  local lab=$1 need_vessel=$2 need_qemu=$3
+  local lab=$1 need_vessel=$2 need_qemu=$3 need_std=${4:-0}
   rm -rf "$lab"
   mkdir -p "$lab/out"
   lv_deps
   if [ "$need_vessel" = 1 ]; then lv_vmm "$lab"; fi
   lv_l2_kernel
   echo "== $me: level 2: $L2_PKG ($L2_KVER); level 1: ${VMLAB_KERNEL:-the standard Debian kernel}"
-  lv_initramfs "$lab"
+  # shellcheck disable=SC2086 # a list of module names
+  lv_initramfs "$lab" "" "$L2_PKG" "$L2_KDIR" "$L2_KVER" $LV_MODULES
+  if [ "$need_std" = 1 ]; then
+    lv_std_kernel
+    echo "== $me: level 2 also: $STD_PKG ($STD_KVER)"
+    # shellcheck disable=SC2086
+    lv_initramfs "$lab" -std "$STD_PKG" "$STD_KDIR" "$STD_KVER" $LV_STD_MODULES
+  fi
   lv_disk "$lab"
   if [ "$need_qemu" = 1 ]; then lv_qemu "$lab"; fi
   cp "$top/scripts/lab-vmm-guest/l1-boot.sh" "$lab/l1-boot.sh"

@@ -2,15 +2,19 @@
 # Level-1 side of scripts/lab-vmm and scripts/bench-vmm-lab: boots one level-2 guest. Sourced by /lab/run.sh in
 # level 1 (busybox sh, no bash); copied into the lab directory as /lab/l1-boot.sh.
 #
-# boot_l2 OUT VMM DISK CMDLINE-EXTRA
+# boot_l2 [-k SUFFIX] [-d DISK]... [-c] [-n] OUT VMM DISK CMDLINE-EXTRA
 #   VMM   vessel (/lab/bin/vessel-vmm) or qemu (/lab/qemu: QEMU microvm, ACPI, virtio-mmio)
-#   DISK  PATH or PATH,ro (the virtio-blk disk, /dev/vda in the guest)
+#   DISK  PATH[,ro][,id=NAME]: the first virtio-blk disk (/dev/vda under vessel-vmm); -d adds more, in order.
+#         id= is the serial the guest reads (/sys/block/vdX/serial)
+#   -k    boot /lab/vmlinuzSUFFIX with /lab/l2SUFFIX.initrd.gz (default: /lab/vmlinuz, /lab/l2.initrd.gz)
+#   -c    a virtio console (/dev/hvc0 in the guest) written to OUT.hvc
+#   -n    no virtio-rng device (vessel-vmm --no-rng)
 #   Records OUT.cmd (the command run), OUT.serial (the guest's serial output, each line prefixed with level 1's
 #   uptime when it arrived), OUT.err (the VMM's stderr), OUT.rc (its exit status), OUT.time (launch -> exit, s)
 #   and OUT.marker (launch -> VESSEL-L2-UP, s, or "-").
 #
 # Settings (the lab scripts write them into run.sh): L2_MEM (MiB), L2_CPUS, L2_TIMEOUT (s per boot),
-# L2_CMDLINE (base kernel command line; CMDLINE-EXTRA is appended).
+# L2_CMDLINE (base kernel command line; CMDLINE-EXTRA is appended). Paths must not contain spaces.
 L2_MEM=${L2_MEM:-256}
 L2_CPUS=${L2_CPUS:-2}
 L2_TIMEOUT=${L2_TIMEOUT:-180}
@@ -29,27 +33,54 @@ stamp() {
   done
 }
 
+# qemu_disk N SPEC: QEMU's arguments for disk number N given as vessel-vmm's PATH[,ro][,id=NAME].
+qemu_disk() {
+  _qp=${2%%,*} _qo=
+  case ",${2#"$_qp"}," in *,ro,*) _qo=,readonly=on ;; esac
+  _qs=$(echo "$2" | sed -n 's/.*,id=\([^,]*\).*/,serial=\1/p')
+  echo "-drive id=d$1,file=$_qp,format=raw,if=none$_qo -device virtio-blk-device,drive=d$1$_qs"
+}
+
 boot_l2() {
+  _sfx='' _extra='' _con=0 _rng=1
+  OPTIND=1
+  while getopts k:d:cn _o; do
+    case $_o in
+      k) _sfx=$OPTARG ;;
+      d) _extra="$_extra $OPTARG" ;;
+      c) _con=1 ;;
+      n) _rng=0 ;;
+      *) echo "boot_l2: bad option" >&2; return 2 ;;
+    esac
+  done
+  shift $((OPTIND - 1))
   _out=$1 _vmm=$2 _disk=$3
   _cmdline="$L2_CMDLINE $4"
-  _path=${_disk%,ro}
+  _kernel=/lab/vmlinuz$_sfx _initrd=/lab/l2$_sfx.initrd.gz
+  rm -f "$_out.hvc"
   case $_vmm in
     vessel)
-      set -- /lab/bin/vessel-vmm --kernel /lab/vmlinuz --initrd /lab/l2.initrd.gz --cmdline "$_cmdline" \
-        --cpus "$L2_CPUS" --memory "$L2_MEM" --disk "$_disk" --serial stdio
+      _dev=
+      for _d in $_disk $_extra; do _dev="$_dev --disk $_d"; done
+      [ $_con = 1 ] && _dev="$_dev --console file:$_out.hvc"
+      [ $_rng = 1 ] || _dev="$_dev --no-rng"
+      # shellcheck disable=SC2086 # $_dev is a list of arguments
+      set -- /lab/bin/vessel-vmm --kernel "$_kernel" --initrd "$_initrd" --cmdline "$_cmdline" \
+        --cpus "$L2_CPUS" --memory "$L2_MEM" --serial stdio $_dev
       ;;
     qemu)
-      _ro=
-      [ "$_path" != "$_disk" ] && _ro=,readonly=on
+      _dev='' _n=0
+      for _d in $_disk $_extra; do _dev="$_dev $(qemu_disk $_n "$_d")"; _n=$((_n + 1)); done
+      [ $_con = 1 ] && _dev="$_dev -device virtio-serial-device -chardev file,id=hvc,path=$_out.hvc -device virtconsole,chardev=hvc"
+      [ $_rng = 1 ] && _dev="$_dev -device virtio-rng-device"
       # -no-reboot: a guest reset ends QEMU (status 0), as a VMM process per boot should. Debian 12's microvm
       # (QEMU 7.2) gave Linux no reset that worked (no i8042; ACPI reset had no effect), so Linux fell through to
       # its real-mode BIOS restart, which died in KVM ("emulation failure"): reset by triple fault instead
       # (reboot=t, as QEMU's microvm docs recommend).
-      # shellcheck disable=SC2086 # $QEMU is a command with arguments
+      # shellcheck disable=SC2086 # $QEMU and $_dev are lists of arguments
       set -- $QEMU -M microvm,acpi=on -accel kvm -cpu host -m "$L2_MEM" -smp "$L2_CPUS" -nodefaults \
-        -no-user-config -nographic -serial stdio -no-reboot -kernel /lab/vmlinuz -initrd /lab/l2.initrd.gz \
-        -append "$_cmdline reboot=t" -drive "id=d0,file=$_path,format=raw,if=none$_ro" -device virtio-blk-device,drive=d0 \
-        -device virtio-rng-device
+        -no-user-config -nographic -serial stdio -no-reboot -kernel "$_kernel" -initrd "$_initrd" \
+        -append "$_cmdline reboot=t" $_dev
       ;;
     *)
       echo "boot_l2: unknown VMM $_vmm" >&2
