@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial", "console"])]
     config: Option<PathBuf>,
     /// Kernel: bzImage or ELF vmlinux (PVH entry used when present)
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["config", "api_sock"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config", "restore", "api_sock"])]
     kernel: Option<PathBuf>,
     /// Initramfs
     #[arg(long, value_name = "PATH", requires = "kernel")]
@@ -49,6 +49,9 @@ struct Cli {
     /// The kernel is built as a PVM guest (lets it boot when /dev/kvm is kvm-pvm)
     #[arg(long)]
     pvm_guest_kernel: bool,
+    /// Resume the VM saved in this snapshot file (console per --serial)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "kernel", "initrd", "cpus", "memory", "disk", "console"])]
+    restore: Option<PathBuf>,
     /// Write "ready" and a newline to this inherited file descriptor once KVM is open
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
@@ -111,6 +114,14 @@ fn main() -> ExitCode {
         }
     };
     let ready_fd = cli.ready_fd;
+    if let Some(snapshot) = cli.restore.clone() {
+        return report(restore(
+            &snapshot,
+            cli.serial.clone(),
+            cli.api_sock.as_deref(),
+            ready_fd,
+        ));
+    }
     let api_sock = cli.api_sock.clone();
     let boot_now = cli.kernel.is_some() || cli.config.is_some();
     let config = match cli.into_config() {
@@ -120,21 +131,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = match api_sock {
+    report(match api_sock {
         Some(socket) => vessel_vmm::api::run(&socket, config, boot_now, || signal_ready(ready_fd))
             .map_err(|e| e.to_string()),
         None => launch::run_with(&config, || signal_ready(ready_fd)).map_err(|e| e.to_string()),
-    };
-    match outcome {
-        Ok(exit) => {
-            eprintln!("vessel-vmm: {exit}");
-            ExitCode::from(exit.status() as u8)
-        }
-        Err(e) => {
-            eprintln!("vessel-vmm: {e}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }
 
 /// Tells whoever passed `--ready-fd` that the VMM is up; a closed pipe is their business.
@@ -146,5 +147,41 @@ fn signal_ready(fd: Option<i32>) {
         // from now on and closed when the File drops.
         let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
         let _ = pipe.write_all(b"ready\n");
+    }
+}
+
+/// Restores a snapshot and runs it to its end, behind the API when a socket is given.
+fn restore(
+    snapshot: &std::path::Path,
+    serial: SerialConfig,
+    api_sock: Option<&std::path::Path>,
+    ready_fd: Option<i32>,
+) -> Result<vessel_vmm::exit::VmExit, String> {
+    let vm = vessel_vmm::snapshot::restore(snapshot, serial).map_err(|e| e.to_string())?;
+    match api_sock {
+        Some(socket) => {
+            let config = vm.config().cloned().ok_or("the snapshot holds no VM config")?;
+            let start = vessel_vmm::api::Start::Restored(Box::new(vm));
+            vessel_vmm::api::serve_vm(socket, config, start, || signal_ready(ready_fd))
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            signal_ready(ready_fd);
+            vm.run().map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The guest's verdict as the exit status, with one line on stderr.
+fn report(result: Result<vessel_vmm::exit::VmExit, String>) -> ExitCode {
+    match result {
+        Ok(exit) => {
+            eprintln!("vessel-vmm: {exit}");
+            ExitCode::from(exit.status() as u8)
+        }
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -140,6 +140,10 @@ impl Vm {
         &self.mem
     }
 
+    pub fn config(&self) -> Option<&crate::config::VmConfig> {
+        self.extras.config.as_ref()
+    }
+
     pub fn set_config(&mut self, config: crate::config::VmConfig) {
         self.extras.config = Some(config);
     }

@@ -720,5 +720,81 @@ fn openapi_document_matches_the_server() {
             .collect();
         assert_eq!(allowed, documented, "{path}");
     }
-    assert_eq!(checked, 10, "every documented operation was tried");
+    assert_eq!(checked, 11, "every documented operation was tried");
+}
+
+/// Prints bytes counting up by one on COM1, forever (see tests/native_guest.rs).
+const SERIAL_COUNTER: [u8; 15] = [
+    0x31, 0xdb, 0xba, 0xf8, 0x03, 0x00, 0x00, 0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9, 0x90,
+];
+
+#[test]
+fn snapshot_through_the_api_and_restore_behind_a_new_api() {
+    let dir = Scratch::new("snapshot");
+    let kernel = dir.file("counter.elf", &elf_kernel(&SERIAL_COUNTER));
+    let log = dir.0.join("before.log");
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--no-rng",
+        "--memory",
+        "64",
+        "--cpus",
+        "2",
+    ];
+    let serial = format!("file:{}", log.display());
+    args.extend(["--serial", &serial]);
+    if pvm() {
+        args.push("--pvm-guest-kernel");
+    }
+    let vmm = Vmm::spawn(&dir, &args);
+    let mut client = vmm.client();
+    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) < 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.patch("/vm", json!({"state": "Paused"})).expect(204, "");
+    let snapshot = dir.0.join("vm.snap");
+    client
+        .put("/snapshot/create", json!({"snapshot_path": snapshot}))
+        .expect(204, "");
+    assert_eq!(
+        client.state(),
+        "Paused",
+        "a paused VM stays paused after a snapshot"
+    );
+    client
+        .put(
+            "/snapshot/create",
+            json!({"snapshot_path": snapshot, "compress": true}),
+        )
+        .expect(400, "compress");
+    let last = *std::fs::read(&log).unwrap().last().unwrap();
+    drop(vmm);
+
+    let socket = dir.0.join("restored.sock");
+    let mut restored = Vmm::spawn_only(
+        &socket,
+        &["--restore", snapshot.to_str().unwrap(), "--serial", "stdio"],
+    );
+    restored.wait_for_socket();
+    let mut client = restored.client();
+    assert_eq!(client.state(), "Running");
+    let mut resumed = [0u8; 200];
+    restored
+        .child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut resumed)
+        .unwrap();
+    let tail = std::fs::read(&log).unwrap();
+    assert_eq!(
+        resumed[0],
+        last.wrapping_add(1),
+        "the restored guest continues the saved count (log tail {:?}, resumed {:?})",
+        &tail[tail.len().saturating_sub(8)..],
+        &resumed[..8]
+    );
+    client.patch("/vm", json!({"state": "Paused"})).expect(204, "");
+    assert_eq!(client.state(), "Paused");
 }

@@ -47,6 +47,7 @@ enum Resource<'a> {
     Vm,
     VmConfig,
     Metrics,
+    SnapshotCreate,
 }
 
 impl<'a> Resource<'a> {
@@ -59,6 +60,7 @@ impl<'a> Resource<'a> {
             "/vm" => Resource::Vm,
             "/vm/config" => Resource::VmConfig,
             "/metrics" => Resource::Metrics,
+            "/snapshot/create" => Resource::SnapshotCreate,
             _ => match path.strip_prefix("/drives/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => Resource::Drive(id),
                 _ => return None,
@@ -70,7 +72,7 @@ impl<'a> Resource<'a> {
     fn allowed(self) -> &'static str {
         match self {
             Resource::Root | Resource::VmConfig | Resource::Metrics => "GET",
-            Resource::BootSource | Resource::Drive(_) | Resource::Actions => "PUT",
+            Resource::BootSource | Resource::Drive(_) | Resource::Actions | Resource::SnapshotCreate => "PUT",
             Resource::MachineConfig => "GET, PUT, PATCH",
             Resource::Vm => "PATCH",
         }
@@ -182,6 +184,7 @@ impl Controller {
             (Resource::Drive(id), "PUT") => self.put_drive(id, parse(body)?),
             (Resource::Actions, "PUT") => self.action(parse(body)?),
             (Resource::Vm, "PATCH") => self.patch_vm(parse(body)?),
+            (Resource::SnapshotCreate, "PUT") => self.create_snapshot(parse(body)?),
             (Resource::VmConfig, "GET") => Ok(Response::json(200, &self.config)),
             (Resource::Metrics, "GET") => Ok(Response::json(200, &self.metrics())),
             (resource, _) => Err(ApiError {
@@ -317,6 +320,28 @@ impl Controller {
             since: Instant::now(),
         };
         Ok(Response::no_content())
+    }
+
+    /// Saves the VM to one file; a running VM is paused for it and resumed after.
+    fn create_snapshot(&mut self, request: SnapshotCreate) -> Result<Response, ApiError> {
+        let vm = self.started_vm()?;
+        crate::snapshot::create(vm, &request.snapshot_path).map_err(|e| ApiError::new(400, e.to_string()))?;
+        Ok(Response::no_content())
+    }
+
+    /// The VM, if it started and has not exited (409 otherwise).
+    fn started_vm(&self) -> Result<&Arc<RunningVm>, ApiError> {
+        let state = self.state();
+        match &self.phase {
+            Phase::Started { vm, .. } if state != InstanceState::Exited => Ok(vm),
+            _ => {
+                let state = serde_json::to_string(&state).unwrap_or_default();
+                Err(ApiError::new(
+                    409,
+                    format!("The VM is not running (state {state})"),
+                ))
+            }
+        }
     }
 
     fn patch_vm(&mut self, update: VmStateUpdate) -> Result<Response, ApiError> {

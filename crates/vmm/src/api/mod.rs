@@ -50,6 +50,31 @@ pub fn run(
     boot_now: bool,
     on_ready: impl FnOnce(),
 ) -> Result<VmExit, ApiRunError> {
+    serve_vm(
+        socket,
+        config,
+        if boot_now { Start::BootNow } else { Start::Wait },
+        on_ready,
+    )
+}
+
+/// How the VM behind the API comes to be.
+pub enum Start {
+    /// Wait for the configuration and InstanceStart.
+    Wait,
+    /// Build and start the VM in the config at once.
+    BootNow,
+    /// Serve a VM restored from a snapshot (started at once).
+    Restored(Box<crate::vm::Vm>),
+}
+
+/// Like `run`, for any `Start`.
+pub fn serve_vm(
+    socket: &Path,
+    config: VmConfig,
+    start: Start,
+    on_ready: impl FnOnce(),
+) -> Result<VmExit, ApiRunError> {
     // Before any thread exists, so that every later thread inherits the blocked set.
     let signals = termination::block();
     let ApiSocket { listener, file } = ApiSocket::bind(socket)?;
@@ -58,15 +83,25 @@ pub fn run(
 
     let exit = Arc::new(OnceLock::new());
     let (started, vm_started) = channel::<Arc<RunningVm>>();
-    let mut controller = if boot_now {
-        let kvm = launch::open_kvm(&config)?;
-        on_ready();
-        let vm = Arc::new(launch::build(&kvm, &config)?.start()?);
-        let _ = started.send(vm.clone());
-        Controller::running(config, vm, exit.clone())
-    } else {
-        on_ready();
-        Controller::new(config, started, exit.clone())
+    let mut controller = match start {
+        Start::BootNow => {
+            let kvm = launch::open_kvm(&config)?;
+            on_ready();
+            let vm = Arc::new(launch::build(&kvm, &config)?.start()?);
+            let _ = started.send(vm.clone());
+            Controller::running(config, vm, exit.clone())
+        }
+        Start::Restored(vm) => {
+            on_ready();
+            let vm = Arc::new((*vm).start()?);
+            let config = vm.extras().config.clone().unwrap_or(config);
+            let _ = started.send(vm.clone());
+            Controller::running(config, vm, exit.clone())
+        }
+        Start::Wait => {
+            on_ready();
+            Controller::new(config, started, exit.clone())
+        }
     };
     std::thread::Builder::new()
         .name("api".into())

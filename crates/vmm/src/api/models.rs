@@ -62,6 +62,13 @@ pub enum ActionType {
     SendCtrlAltDel,
 }
 
+/// `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    pub snapshot_path: std::path::PathBuf,
+}
+
 /// `PATCH /vm`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -198,6 +198,8 @@ impl MmioTransport {
         {
             // Legacy drivers are refused: the driver reads FEATURES_OK back as clear.
             value &= !VIRTIO_CONFIG_S_FEATURES_OK;
+        } else if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            self.device.ack_features(self.driver_features);
         }
         if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             if value & VIRTIO_CONFIG_S_FEATURES_OK == 0 {

@@ -20,9 +20,9 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod rng;
-pub mod vsock;
 #[cfg(test)]
 mod testing;
+pub mod vsock;
 
 pub use block::{Block, BlockError};
 pub use console::{Console, ConsoleInput};
@@ -81,6 +81,9 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> bool;
     /// The driver reset the device: drop the queues and memory, keep the backend.
     fn reset(&mut self);
+    /// The driver accepted `features` (FEATURES_OK); devices whose backend depends on them
+    /// (a tap's offloads) take note here.
+    fn ack_features(&mut self, _features: u64) {}
 }
 
 /// The device's side of the interrupt: the InterruptStatus bits shared with the transport, and

@@ -101,6 +101,10 @@ impl VirtioDevice for Net {
         TYPE_NET
     }
 
+    fn ack_features(&mut self, features: u64) {
+        Net::ack_features(self, features);
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE, QUEUE_SIZE]
     }

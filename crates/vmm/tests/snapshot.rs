@@ -1,0 +1,213 @@
+//! Snapshots as a user meets them: a VM saved by one process resumes in a new vessel-vmm
+//! process (`--restore`) exactly where it stopped, and a file that is not a good snapshot gets
+//! one clear line.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use vessel_vmm::exit::VmExit;
+
+/// Prints bytes counting up by one on COM1, forever (see tests/native_guest.rs).
+const SERIAL_COUNTER: [u8; 15] = [
+    0x31, 0xdb, 0xba, 0xf8, 0x03, 0x00, 0x00, 0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9, 0x90,
+];
+
+struct Scratch(PathBuf);
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vessel-vmm-snapshot-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the counter guest in this process until it printed, snapshots it to `path`, returns
+/// the last byte it printed.
+fn snapshot_counter(dir: &Path, path: &Path, cpus: u16) -> u8 {
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, vessel_vmm::handmade::elf_kernel(&SERIAL_COUNTER)).unwrap();
+    let log = dir.join("before.log");
+    let config: vessel_vmm::config::VmConfig = serde_json::from_value(serde_json::json!({
+        "kernel": kernel, "memory_mib": 256, "cpus": cpus, "rng": false,
+        "serial": format!("file:{}", log.display()), "pvm_guest_kernel": true,
+    }))
+    .unwrap();
+    let kvm = vessel_vmm::launch::open_kvm(&config).unwrap();
+    let running = vessel_vmm::launch::build(&kvm, &config).unwrap().start().unwrap();
+    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Paused first, so the log's last byte is the last the saved guest printed (a snapshot of
+    // a running VM resumes it afterwards).
+    running.pause();
+    vessel_vmm::snapshot::create(&running, path).unwrap();
+    let last = *std::fs::read(&log).unwrap().last().unwrap();
+    running.exit_sender().send(VmExit::PowerOff).unwrap();
+    running.wait();
+    last
+}
+
+fn restore_cmd(path: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"));
+    cmd.arg("--restore")
+        .arg(path)
+        .args(["--serial", "stdio"])
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn a_new_process_resumes_the_guest_where_it_stopped() {
+    let dir = Scratch::new("resume");
+    let path = dir.0.join("vm.snap");
+    let last = snapshot_counter(&dir.0, &path, 2);
+    // 256 MiB of guest memory, barely touched: the file is sparse.
+    let allocated = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap();
+    assert!(
+        allocated < 4 << 20,
+        "{allocated} bytes allocated for a 256 MiB guest"
+    );
+    let mut child = restore_cmd(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut resumed = [0u8; 600];
+    child.stdout.as_mut().unwrap().read_exact(&mut resumed).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        resumed[0],
+        last.wrapping_add(1),
+        "the first byte continues the saved count"
+    );
+    assert!(resumed.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    // The snapshot file is mapped privately: the resumed guest's writes never reach it.
+    let again = restore_cmd(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = again;
+    let mut first = [0u8; 1];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        first[0],
+        last.wrapping_add(1),
+        "a second restore starts from the same point"
+    );
+}
+
+fn assert_refused(path: &Path, needle: &str) {
+    let mut child = restore_cmd(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A snapshot that should be refused but is not would run forever: bound the wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{} was restored instead of refused ({needle})", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{needle:?} in {err:?}");
+}
+
+#[test]
+fn bad_snapshot_files_get_one_clear_line() {
+    let dir = Scratch::new("bad");
+    let path = dir.0.join("vm.snap");
+    snapshot_counter(&dir.0, &path, 1);
+    let good = std::fs::read(&path).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    assert_refused(&dir.0.join("missing.snap"), "Cannot read snapshot");
+    assert_refused(&write("text", b"hello"), "is not a vessel-vmm snapshot");
+    let mut version = good.clone();
+    version[16] = 9;
+    assert_refused(&write("version", &version), "format version 9");
+    let mut header = good.clone();
+    header[30] ^= 1;
+    assert_refused(&write("header", &header), "header checksum");
+    let mut state = good.clone();
+    let last = state.len() - 10;
+    state[last] ^= 0x20;
+    assert_refused(&write("state", &state), "state checksum");
+    assert_refused(&write("truncated", &good[..good.len() - 100]), "truncated");
+}
+
+#[test]
+fn vms_with_virtio_devices_are_refused_for_now() {
+    let dir = Scratch::new("virtio");
+    let kernel = dir.0.join("spin.elf");
+    std::fs::write(
+        &kernel,
+        vessel_vmm::handmade::elf_kernel(&vessel_vmm::handmade::spin()),
+    )
+    .unwrap();
+    let config: vessel_vmm::config::VmConfig = serde_json::from_value(serde_json::json!({
+        "kernel": kernel, "memory_mib": 32, "serial": "none", "pvm_guest_kernel": true,
+    }))
+    .unwrap();
+    let kvm = vessel_vmm::launch::open_kvm(&config).unwrap();
+    let running = vessel_vmm::launch::build(&kvm, &config).unwrap().start().unwrap();
+    let err = vessel_vmm::snapshot::create(&running, &dir.0.join("vm.snap")).unwrap_err();
+    assert!(err.to_string().contains("virtio devices"), "{err}");
+    assert!(!running.is_paused(), "a refused snapshot leaves the VM running");
+    running.exit_sender().send(VmExit::PowerOff).unwrap();
+    running.wait();
+}
+
+#[test]
+fn a_host_cpu_without_the_guests_features_is_refused() {
+    use sha2::{Digest, Sha256};
+    let dir = Scratch::new("cpu");
+    let path = dir.0.join("vm.snap");
+    snapshot_counter(&dir.0, &path, 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let state_offset = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    let mut state: serde_json::Value = serde_json::from_slice(&bytes[state_offset..]).unwrap();
+    // Claim the guest saw every leaf-7 EBX feature; no host has them all. Each entry is the
+    // raw kvm_cpuid_entry2: function, index, flags, eax, ebx, ... as little-endian u32s.
+    let mut edited = false;
+    for entry in state["vcpus"][0]["cpuid"].as_array_mut().unwrap() {
+        let bytes = entry.as_array_mut().unwrap();
+        let word = |i: usize| bytes[i * 4].as_u64().unwrap();
+        if word(0) == 7 && word(1) == 0 {
+            for byte in &mut bytes[16..20] {
+                *byte = serde_json::json!(255);
+            }
+            edited = true;
+        }
+    }
+    assert!(edited, "the snapshot has CPUID leaf 7");
+    let state = serde_json::to_vec(&state).unwrap();
+    bytes.truncate(state_offset);
+    bytes.extend(&state);
+    bytes[32..40].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    bytes[40..72].copy_from_slice(&Sha256::digest(&state));
+    let header_sum = Sha256::digest(&bytes[..88]);
+    bytes[88..120].copy_from_slice(&header_sum);
+    let edited = dir.0.join("edited.snap");
+    std::fs::write(&edited, &bytes).unwrap();
+    assert_refused(
+        &edited,
+        "lacks features the snapshot's guest uses (CPUID leaf 0x7 ebx",
+    );
+}
