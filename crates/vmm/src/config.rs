@@ -19,6 +19,12 @@ pub enum ConfigError {
     },
     #[error("Invalid disk {spec:?}: {why} (expected PATH[,ro][,id=NAME])")]
     Disk { spec: String, why: &'static str },
+    #[error("Invalid NIC {spec:?}: {why} (expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX])")]
+    Nic { spec: String, why: &'static str },
+    #[error("Invalid MAC address {0:?}: expected six hex bytes like 52:54:00:12:34:56, not multicast")]
+    Mac(String),
+    #[error("Invalid vsock {spec:?}: {why} (expected cid=N,path=PATH)")]
+    Vsock { spec: String, why: &'static str },
     #[error("Invalid serial {0:?}: expected stdio, none or file:PATH")]
     Serial(String),
     #[error("Only one of the serial port and the virtio console can use stdio")]
@@ -26,7 +32,7 @@ pub enum ConfigError {
     #[error("A VM needs 1 to 254 vCPUs, not {0}")]
     Cpus(u16),
     #[error(
-        "Too many devices: {disks} disks with the entropy device and console exceed the {max} virtio slots"
+        "Too many devices: {disks} disks with the NICs, vsock, entropy device and console exceed the {max} virtio slots"
     )]
     TooManyDevices { disks: usize, max: u32 },
     #[error("Kernel {0} does not exist")]
@@ -57,6 +63,12 @@ pub struct VmConfig {
     /// A virtio console (hvc0 in the guest): none by default.
     #[serde(default = "no_console")]
     pub console: SerialConfig,
+    /// virtio-net NICs, each backed by a tap device.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+    /// A virtio-vsock device with its host side on a unix socket.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// A virtio entropy device, so the guest's random pool fills at boot.
     #[serde(default = "yes")]
     pub rng: bool,
@@ -120,6 +132,94 @@ impl FromStr for DiskConfig {
             }
         }
         Ok(disk)
+    }
+}
+
+/// A NIC: the host's tap device (created if missing) and the guest's MAC (random if absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicConfig {
+    pub tap: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl NicConfig {
+    /// The MAC as bytes, if one was given.
+    pub fn mac_bytes(&self) -> Result<Option<[u8; 6]>, ConfigError> {
+        let Some(text) = &self.mac else { return Ok(None) };
+        let err = || ConfigError::Mac(text.clone());
+        let parts: Vec<u8> = text
+            .split(':')
+            .map(|p| {
+                if p.len() == 2 {
+                    u8::from_str_radix(p, 16).map_err(|_| err())
+                } else {
+                    Err(err())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mac: [u8; 6] = parts.try_into().map_err(|_| err())?;
+        if mac[0] & 1 != 0 {
+            return Err(err());
+        }
+        Ok(Some(mac))
+    }
+}
+
+impl FromStr for NicConfig {
+    type Err = ConfigError;
+    fn from_str(spec: &str) -> Result<Self, ConfigError> {
+        let err = |why| ConfigError::Nic {
+            spec: spec.to_owned(),
+            why,
+        };
+        let mut nic = NicConfig {
+            tap: String::new(),
+            mac: None,
+        };
+        for option in spec.split(',') {
+            match option.split_once('=') {
+                Some(("tap", tap)) if !tap.is_empty() => nic.tap = tap.to_owned(),
+                Some(("mac", mac)) => nic.mac = Some(mac.to_owned()),
+                _ => return Err(err("unknown option")),
+            }
+        }
+        if nic.tap.is_empty() {
+            return Err(err("no tap"));
+        }
+        nic.mac_bytes()?;
+        Ok(nic)
+    }
+}
+
+/// The vsock device: the guest's context id and the host socket path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+impl FromStr for VsockConfig {
+    type Err = ConfigError;
+    fn from_str(spec: &str) -> Result<Self, ConfigError> {
+        let err = |why| ConfigError::Vsock {
+            spec: spec.to_owned(),
+            why,
+        };
+        let (mut cid, mut path) = (None, None);
+        for option in spec.split(',') {
+            match option.split_once('=') {
+                Some(("cid", n)) => cid = Some(n.parse().map_err(|_| err("cid is not a number"))?),
+                Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+                _ => return Err(err("unknown option")),
+            }
+        }
+        match (cid, path) {
+            (Some(guest_cid), Some(uds_path)) => Ok(VsockConfig { guest_cid, uds_path }),
+            _ => Err(err("both cid and path are needed")),
+        }
     }
 }
 
@@ -189,8 +289,14 @@ impl VmConfig {
         if self.serial == SerialConfig::Stdio && self.console == SerialConfig::Stdio {
             return Err(ConfigError::TwoStdioConsoles);
         }
-        let devices =
-            self.disks.len() + usize::from(self.rng) + usize::from(self.console != SerialConfig::None);
+        let devices = self.disks.len()
+            + self.nics.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
+            + usize::from(self.console != SerialConfig::None);
+        for nic in &self.nics {
+            nic.mac_bytes()?;
+        }
         if devices > VIRTIO_MAX_DEVICES as usize {
             return Err(ConfigError::TooManyDevices {
                 disks: self.disks.len(),
@@ -233,6 +339,20 @@ mod tests {
             SerialConfig::File("/tmp/x".into())
         );
         assert!("tty".parse::<SerialConfig>().is_err());
+        let nic: NicConfig = "tap=vtap0,mac=52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(nic.mac_bytes().unwrap(), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert!(
+            "tap=x,mac=01:00:00:00:00:00".parse::<NicConfig>().is_err(),
+            "multicast"
+        );
+        assert!("tap=x,mac=52:54".parse::<NicConfig>().is_err());
+        assert!("mac=52:54:00:12:34:56".parse::<NicConfig>().is_err());
+        let vsock: VsockConfig = "cid=3,path=/tmp/v.sock".parse().unwrap();
+        assert_eq!(
+            (vsock.guest_cid, vsock.uds_path.to_str()),
+            (3, Some("/tmp/v.sock"))
+        );
+        assert!("cid=x,path=/p".parse::<VsockConfig>().is_err());
     }
 
     #[test]

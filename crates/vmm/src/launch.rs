@@ -11,7 +11,9 @@ use crate::devices::serial::{SerialPort, SerialSink, SerialSnapshot};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::VmExit;
 use crate::kvm::{self, Flavour, KvmError, PVM_EXPLANATION};
@@ -37,6 +39,10 @@ pub enum LaunchError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Nic(#[from] NetError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("Cannot restore the serial port: {0}")]
     SerialState(std::io::Error),
     #[error("Cannot open console output {path}: {source}")]
@@ -99,6 +105,12 @@ pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError
     add_platform_devices(&mut vm, config, None)?;
 
     let mut devices: Vec<Box<dyn VirtioDevice>> = disks.into_iter().map(|d| Box::new(d) as _).collect();
+    for nic in &config.nics {
+        devices.push(Box::new(Net::new(&nic.tap, nic.mac_bytes()?)?));
+    }
+    if let Some(vsock) = &config.vsock {
+        devices.push(Box::new(Vsock::new(vsock.guest_cid, &vsock.uds_path)?));
+    }
     if config.rng {
         devices.push(Box::new(Rng::new()));
     }

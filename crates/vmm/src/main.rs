@@ -6,7 +6,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vessel_vmm::config::{DiskConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE};
+use vessel_vmm::config::{DiskConfig, NicConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use vessel_vmm::launch;
 
 #[derive(Parser, Debug)]
@@ -17,7 +17,7 @@ use vessel_vmm::launch;
 )]
 struct Cli {
     /// A JSON VM config (fields: kernel, initrd, cmdline, cpus, memory_mib, disks, serial, console, rng)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial", "console"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "disk", "serial", "console", "net", "vsock"])]
     config: Option<PathBuf>,
     /// Kernel: bzImage or ELF vmlinux (PVH entry used when present)
     #[arg(long, value_name = "PATH", required_unless_present_any = ["config", "restore", "api_sock"])]
@@ -40,6 +40,12 @@ struct Cli {
     /// COM1 console: stdio, none or file:PATH
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
     serial: SerialConfig,
+    /// A virtio-net NIC on a tap device (repeatable): tap=NAME[,mac=XX:XX:XX:XX:XX:XX]
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<NicConfig>,
+    /// A virtio-vsock device, host side on a unix socket: cid=N,path=PATH
+    #[arg(long, value_name = "cid=N,path=PATH")]
+    vsock: Option<VsockConfig>,
     /// A virtio console (hvc0): stdio, none or file:PATH
     #[arg(long, value_name = "WHERE", default_value = "none")]
     console: SerialConfig,
@@ -50,7 +56,7 @@ struct Cli {
     #[arg(long)]
     pvm_guest_kernel: bool,
     /// Resume the VM saved in this snapshot file (console per --serial)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "kernel", "initrd", "cpus", "memory", "disk", "console"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "kernel", "initrd", "cpus", "memory", "disk", "console", "net", "vsock"])]
     restore: Option<PathBuf>,
     /// Write "ready" and a newline to this inherited file descriptor once KVM is open
     #[arg(long, value_name = "FD")]
@@ -74,6 +80,8 @@ impl Cli {
                 disks: self.disk,
                 serial: self.serial,
                 console: self.console,
+                nics: self.net,
+                vsock: self.vsock,
                 rng: !self.no_rng,
                 pvm_guest_kernel: false,
             },

@@ -225,3 +225,49 @@ fn no_dev_kvm_is_explained() {
         .expect("unshare (util-linux) is needed for this test");
     assert_one_line_error(&out, 1, "/dev/kvm does not exist");
 }
+
+#[test]
+fn nics_and_vsock_are_created_for_the_vm() {
+    let dir = Scratch::new("net");
+    let kernel = dir.file("k", &elf_kernel(&[print(b"up"), spin()].concat()));
+    let uds = dir.0.join("v.sock");
+    // A private network namespace, so the taps never touch the host's network.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", env!("CARGO_BIN_EXE_vessel-vmm"), "--kernel"])
+        .arg(&kernel)
+        .args([
+            "--memory",
+            "32",
+            "--net",
+            "tap=vtest0,mac=52:54:00:00:00:01",
+            "--net",
+            "tap=vtest1",
+        ])
+        .arg("--vsock")
+        .arg(format!("cid=3,path={}", uds.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if Flavour::detect() == Flavour::Pvm {
+        cmd.arg("--pvm-guest-kernel");
+    }
+    let mut child = cmd.spawn().expect("unshare (util-linux) is needed for this test");
+    let mut up = [0u8; 2];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut up).unwrap();
+    let links = Command::new("nsenter")
+        .args(["-t", &child.id().to_string(), "-n", "ip", "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let sock_exists = uds.exists();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(links.contains("vtest0") && links.contains("vtest1"), "{links}");
+    assert!(sock_exists, "the vsock host socket listens at {}", uds.display());
+    assert_one_line_error(&boot(&kernel, &["--net", "tap=x,mac=zz"]), 2, "Invalid MAC");
+    assert_one_line_error(
+        &boot(&kernel, &["--vsock", "cid=1,path=/tmp/x.sock"]),
+        1,
+        "guest CID 1 is reserved",
+    );
+}

@@ -7,7 +7,7 @@
 //!
 //! Building a VM's devices:
 //!
-//! ```ignore
+//! ```text
 //! let (base, gsi) = layout::virtio_mmio_window(index);
 //! let irq = IrqLine::new(gsi)?; // and register irq.event() with KVM as an irqfd for gsi
 //! let disk = Block::open(path, read_only, &index.to_string())?;
