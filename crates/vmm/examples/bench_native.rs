@@ -2,7 +2,9 @@
 //! - spawn → ready: exec until `--ready-fd` says KVM is open;
 //! - ready → first guest instruction: until the hand-made guest's first serial byte arrives;
 //! - CPU time of a whole boot-to-power-off of that guest (user + system of the VMM process);
-//! - RSS outside guest memory, read from /proc/PID/smaps while the guest spins.
+//! - RSS outside guest memory, read from /proc/PID/smaps while the guest spins;
+//! - snapshot of a 256 MiB guest (sparse write speed) and restore to running, in process and
+//!   as a new `vessel-vmm --restore` process up to the guest's first byte.
 //!
 //! Firecracker is not packaged for Debian, so its figures are the ones its spec publishes and
 //! that were measured on this machine, printed beside ours with the ratio.
@@ -144,6 +146,8 @@ fn main() {
     let rss_mib = rss_outside_guest_kib(spinner.id()) as f64 / 1024.0;
     spinner.kill().unwrap();
     spinner.wait().unwrap();
+
+    let (snap_ms, snap_gbps, restore_ms, restore_proc_ms) = snapshot_restore(&vmm, &dir, rounds.min(10));
     std::fs::remove_dir_all(&dir).unwrap();
 
     println!("vessel-vmm native benchmark, {rounds} rounds, 1 vCPU / {GUEST_MIB} MiB, medians");
@@ -173,4 +177,84 @@ fn main() {
         FIRECRACKER_RSS_MIB,
         rss_mib / FIRECRACKER_RSS_MIB
     );
+    println!(
+        "{:<44} {:>8.2}ms {:>12}",
+        "snapshot of a 256 MiB guest", snap_ms, "-"
+    );
+    println!(
+        "{:<44} {:>6.1}GB/s {:>12}",
+        "  guest memory per second (sparse)", snap_gbps, ">= 1 GB/s"
+    );
+    println!(
+        "{:<44} {:>8.2}ms {:>10}ms",
+        "restore to running (in process)", restore_ms, "4-10"
+    );
+    println!(
+        "{:<44} {:>8.2}ms {:>12}",
+        "restore, new process to first guest byte", restore_proc_ms, "-"
+    );
+}
+
+/// Snapshots a running 256 MiB counter guest `rounds` times, restores it as many times.
+fn snapshot_restore(vmm: &str, dir: &std::path::Path, rounds: usize) -> (f64, f64, f64, f64) {
+    use vessel_vmm::config::{SerialConfig, VmConfig};
+    // mov edx, 0x3f8; loop: inc ebx; mov al, bl; out dx, al; jmp loop
+    let counter = [
+        0xba, 0xf8, 0x03, 0x00, 0x00, 0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9,
+    ];
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, elf_kernel(&counter)).unwrap();
+    let config: VmConfig = serde_json::from_value(serde_json::json!({
+        "kernel": kernel, "memory_mib": 256, "rng": false, "serial": "none",
+        "pvm_guest_kernel": Flavour::detect() == Flavour::Pvm,
+    }))
+    .unwrap();
+    let kvm = vessel_vmm::launch::open_kvm(&config).unwrap();
+    let running = vessel_vmm::launch::build(&kvm, &config).unwrap().start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    running.pause();
+    let path = dir.join("vm.snap");
+    let (mut snaps, mut gbps) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let info = vessel_vmm::snapshot::create(&running, &path).unwrap();
+        let took = start.elapsed().as_secs_f64();
+        snaps.push(took * 1e3);
+        gbps.push(info.guest_bytes as f64 / took / 1e9);
+    }
+    running
+        .exit_sender()
+        .send(vessel_vmm::exit::VmExit::PowerOff)
+        .unwrap();
+    running.wait();
+    let mut restores = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let vm = vessel_vmm::snapshot::restore(&path, SerialConfig::None)
+            .unwrap()
+            .start()
+            .unwrap();
+        restores.push(start.elapsed().as_secs_f64() * 1e3);
+        vm.exit_sender().send(vessel_vmm::exit::VmExit::PowerOff).unwrap();
+        vm.wait();
+    }
+    let mut processes = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut child = Command::new(vmm)
+            .arg("--restore")
+            .arg(&path)
+            .args(["--serial", "stdio"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut byte = [0u8; 1];
+        child.stdout.as_mut().unwrap().read_exact(&mut byte).unwrap();
+        processes.push(start.elapsed().as_secs_f64() * 1e3);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    (median(snaps), median(gbps), median(restores), median(processes))
 }
