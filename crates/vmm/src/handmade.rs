@@ -39,6 +39,16 @@ pub fn reset() -> Vec<u8> {
     code
 }
 
+/// Counts on COM1 forever: each byte is the previous plus one (mod 256), starting at 1, so the
+/// first byte after a pause or a restore tells whether the guest went on exactly where it was.
+pub fn serial_counter() -> Vec<u8> {
+    // xor ebx, ebx; mov edx, COM1; loop: inc ebx; mov al, bl; out dx, al; jmp loop
+    let mut code = vec![0x31, 0xdb];
+    code.extend(set_port(COM1_PORT));
+    code.extend([0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9]);
+    code
+}
+
 /// Loops forever without exits.
 pub fn spin() -> Vec<u8> {
     vec![0xeb, 0xfe]

@@ -266,16 +266,13 @@ fn a_paused_vm_can_still_be_stopped() {
     assert_eq!(running.wait(), VmExit::PowerOff);
 }
 
-/// A counter guest on COM1: each byte it prints is the previous plus one (mod 256), so the
-/// first byte after a restore says whether the guest continued exactly where it stopped.
-/// xor ebx, ebx; mov edx, 0x3f8; loop: inc ebx; mov al, bl; out dx, al; jmp loop
-const SERIAL_COUNTER: [u8; 15] = [
-    0x31, 0xdb, 0xba, 0xf8, 0x03, 0x00, 0x00, 0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9, 0x90,
-];
-
 fn serial_counter_config(dir: &std::path::Path, serial: &str) -> vessel_vmm::config::VmConfig {
     let kernel = dir.join("counter.elf");
-    std::fs::write(&kernel, vessel_vmm::handmade::elf_kernel(&SERIAL_COUNTER)).unwrap();
+    std::fs::write(
+        &kernel,
+        vessel_vmm::handmade::elf_kernel(&vessel_vmm::handmade::serial_counter()),
+    )
+    .unwrap();
     serde_json::from_value(serde_json::json!({
         "kernel": kernel, "memory_mib": 64, "cpus": 2, "rng": false,
         "serial": format!("file:{}", dir.join(serial).display()),

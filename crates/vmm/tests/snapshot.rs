@@ -7,11 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use vessel_vmm::exit::VmExit;
 
-/// Prints bytes counting up by one on COM1, forever (see tests/native_guest.rs).
-const SERIAL_COUNTER: [u8; 15] = [
-    0x31, 0xdb, 0xba, 0xf8, 0x03, 0x00, 0x00, 0xff, 0xc3, 0x88, 0xd8, 0xee, 0xeb, 0xf9, 0x90,
-];
-
 struct Scratch(PathBuf);
 impl Scratch {
     fn new(name: &str) -> Self {
@@ -31,7 +26,11 @@ impl Drop for Scratch {
 /// the last byte it printed.
 fn snapshot_counter(dir: &Path, path: &Path, cpus: u16) -> u8 {
     let kernel = dir.join("counter.elf");
-    std::fs::write(&kernel, vessel_vmm::handmade::elf_kernel(&SERIAL_COUNTER)).unwrap();
+    std::fs::write(
+        &kernel,
+        vessel_vmm::handmade::elf_kernel(&vessel_vmm::handmade::serial_counter()),
+    )
+    .unwrap();
     let log = dir.join("before.log");
     let config: vessel_vmm::config::VmConfig = serde_json::from_value(serde_json::json!({
         "kernel": kernel, "memory_mib": 256, "cpus": cpus, "rng": false,
