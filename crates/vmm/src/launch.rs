@@ -80,18 +80,7 @@ pub fn open_kvm(config: &VmConfig) -> Result<kvm_ioctls::Kvm, LaunchError> {
 pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError> {
     let mem = memory::create(config.memory_mib, memory::MIN_LINUX_MIB)?;
     // Disks first: a locked or missing disk should fail before anything costly.
-    let disks = config
-        .disks
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            Block::open(
-                &d.path,
-                d.read_only,
-                d.id.clone().unwrap_or_else(|| format!("vd{i}")),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let disks = open_disks(config)?;
     let kernel = boot::load_kernel(&mem, &config.kernel)?;
     let initrd = config
         .initrd
@@ -104,38 +93,7 @@ pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError
     let mut vm = Vm::new(kvm, mem.clone(), config.cpus as u8)?;
     add_platform_devices(&mut vm, config, None)?;
 
-    let mut devices: Vec<Box<dyn VirtioDevice>> = disks.into_iter().map(|d| Box::new(d) as _).collect();
-    for nic in &config.nics {
-        devices.push(Box::new(Net::new(&nic.tap, nic.mac_bytes()?)?));
-    }
-    if let Some(vsock) = &config.vsock {
-        devices.push(Box::new(Vsock::new(vsock.guest_cid, &vsock.uds_path)?));
-    }
-    if config.rng {
-        devices.push(Box::new(Rng::new()));
-    }
-    if config.console != SerialConfig::None {
-        let console = Console::new(Box::new(open_sink(&config.console)?));
-        if config.console == SerialConfig::Stdio {
-            let input = console.input();
-            spawn_input_feed(move |bytes| input.queue_input(bytes), std::io::stdin())
-                .map_err(LaunchError::ConsoleInput)?;
-        }
-        devices.push(Box::new(console));
-    }
-    let mut windows = Vec::with_capacity(devices.len());
-    for (index, device) in devices.into_iter().enumerate() {
-        let (base, gsi) = virtio_mmio_window(index as u32);
-        let irq = vm.irq_line(gsi)?;
-        let transport = MmioTransport::new(mem.clone(), device, irq);
-        vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-        vm.count_virtio_device();
-        windows.push(VirtioMmioWindow {
-            base,
-            size: VIRTIO_MMIO_SIZE,
-            gsi,
-        });
-    }
+    let windows = add_virtio_devices(&mut vm, config, disks)?;
     let machine = AcpiMachine {
         vcpus: config.cpus as u8,
         virtio_mmio: windows,
@@ -162,6 +120,64 @@ fn open_sink(config: &SerialConfig) -> Result<SerialSink, LaunchError> {
                 })?,
         ),
     })
+}
+
+/// The virtio devices `config` asks for, in a fixed order (disks, NICs, vsock, rng, console) so
+/// that a restore rebuilds the same windows; returns the windows for the ACPI tables.
+pub fn add_virtio_devices(
+    vm: &mut Vm,
+    config: &VmConfig,
+    disks: Vec<Block>,
+) -> Result<Vec<VirtioMmioWindow>, LaunchError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = disks.into_iter().map(|d| Box::new(d) as _).collect();
+    for nic in &config.nics {
+        devices.push(Box::new(Net::new(&nic.tap, nic.mac_bytes()?)?));
+    }
+    if let Some(vsock) = &config.vsock {
+        devices.push(Box::new(Vsock::new(vsock.guest_cid, &vsock.uds_path)?));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    if config.console != SerialConfig::None {
+        let console = Console::new(Box::new(open_sink(&config.console)?));
+        if config.console == SerialConfig::Stdio {
+            let input = console.input();
+            spawn_input_feed(move |bytes| input.queue_input(bytes), std::io::stdin())
+                .map_err(LaunchError::ConsoleInput)?;
+        }
+        devices.push(Box::new(console));
+    }
+    let mut windows = Vec::with_capacity(devices.len());
+    for (index, device) in devices.into_iter().enumerate() {
+        let (base, gsi) = virtio_mmio_window(index as u32);
+        let irq = vm.irq_line(gsi)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(vm.memory().clone(), device, irq)));
+        vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+        vm.add_virtio_transport(transport);
+        windows.push(VirtioMmioWindow {
+            base,
+            size: VIRTIO_MMIO_SIZE,
+            gsi,
+        });
+    }
+    Ok(windows)
+}
+
+/// Opens the disks `config` names (first, so that a locked or missing disk fails early).
+pub fn open_disks(config: &VmConfig) -> Result<Vec<Block>, LaunchError> {
+    Ok(config
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Block::open(
+                &d.path,
+                d.read_only,
+                d.id.clone().unwrap_or_else(|| format!("vd{i}")),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// COM1 (fresh, or in a snapshot's state), the i8042 and the ACPI power registers; the VM

@@ -7,6 +7,7 @@ use crate::arch::regs::{self, RegsError, StartMode};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::irq::IrqLine;
 use crate::devices::serial::SerialPort;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::exit::{ExitSender, VmExit};
 use crate::snapshot::state::VcpuState;
 use crate::vcpu::{self, RunControl, VcpuContext};
@@ -57,13 +58,13 @@ pub struct Vm {
     extras: Extras,
 }
 
-/// What a snapshot needs beyond KVM: the config the VM was built from, COM1, and whether
-/// virtio devices (whose queue state snapshots do not carry yet) are present.
+/// What a snapshot needs beyond KVM: the config the VM was built from, COM1 and the virtio
+/// transports.
 #[derive(Default)]
 pub struct Extras {
     pub config: Option<crate::config::VmConfig>,
     pub serial: Option<Arc<Mutex<SerialPort>>>,
-    pub virtio_devices: usize,
+    pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// The CPUID table given to each vCPU: what the guest may have seen (KVM_GET_CPUID2 may
     /// report more, e.g. on kvm-pvm).
     pub cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
@@ -152,13 +153,17 @@ impl Vm {
         self.extras.serial = Some(port);
     }
 
+    pub fn virtio_transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.extras.virtio
+    }
+
     /// Records the CPUID tables a restore gave the vCPUs.
     pub fn set_cpuids(&mut self, cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>) {
         self.extras.cpuids = cpuids;
     }
 
-    pub fn count_virtio_device(&mut self) {
-        self.extras.virtio_devices += 1;
+    pub fn add_virtio_transport(&mut self, transport: Arc<Mutex<MmioTransport>>) {
+        self.extras.virtio.push(transport);
     }
 
     /// The KVM VM, for restoring VM-wide state before the start.

@@ -7,14 +7,17 @@
 //! 4096   guest memory, each RAM range back to back (holes where the guest had zeros)
 //! ...    state (JSON)
 //! ```
-//! Snapshots cover VMs without virtio devices for now: their queues' in-flight state is not
-//! saved yet, and the VMM refuses rather than write a snapshot that would not resume.
+//! Virtio block and rng devices are saved (transport registers and queue positions: their
+//! requests complete within a vCPU exit, so a paused VM has none in flight); devices with
+//! backend threads (net, vsock, console) are not yet, and the VMM refuses rather than write a
+//! snapshot that would not resume. Disks are not copied: restore reopens the same files.
 
 pub mod memory;
 pub mod state;
 
 use crate::config::{SerialConfig, VmConfig};
 use crate::devices::serial::SerialSnapshot;
+use crate::devices::virtio::mmio::TransportSnapshot;
 use crate::launch::{self, LaunchError};
 use crate::vm::{RunningVm, Vm, VmError};
 use memory::{RegionRecord, SnapshotMemoryError};
@@ -36,8 +39,10 @@ const HEADER_SIGNED: usize = 88;
 pub enum SnapshotError {
     #[error("Cannot snapshot this VM: it was not built from a VM config")]
     NoConfig,
-    #[error("Cannot snapshot a VM with virtio devices yet ({0} present): their queue state is not saved; boot it with --no-rng and without disks or consoles")]
-    VirtioDevices(usize),
+    #[error("Cannot snapshot a VM with a virtio {0} device yet: its backend's state is not saved (block and rng devices are)")]
+    VirtioDevice(&'static str),
+    #[error("Snapshot {path} does not match the devices rebuilt from its config: {what}")]
+    Devices { path: PathBuf, what: String },
     #[error("Cannot save vCPU {vcpu}: {error}")]
     Vcpu { vcpu: usize, error: String },
     #[error(transparent)]
@@ -73,7 +78,19 @@ struct MachineState {
     vcpus: Vec<VcpuState>,
     vm: VmState,
     serial: Option<SerialSnapshot>,
+    virtio: Vec<TransportSnapshot>,
     memory: Vec<RegionRecord>,
+}
+
+fn device_name(device_type: u32) -> &'static str {
+    match device_type {
+        1 => "net",
+        2 => "block",
+        3 => "console",
+        4 => "rng",
+        19 => "vsock",
+        _ => "unknown",
+    }
 }
 
 /// What a snapshot wrote.
@@ -86,8 +103,12 @@ pub struct SnapshotInfo {
 /// Writes `vm` to `path`. The VM is paused for the snapshot and left as it was found.
 pub fn create(vm: &RunningVm, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
     let config = vm.extras().config.clone().ok_or(SnapshotError::NoConfig)?;
-    if vm.extras().virtio_devices > 0 {
-        return Err(SnapshotError::VirtioDevices(vm.extras().virtio_devices));
+    // Refuse before pausing: a device whose state cannot be saved makes the snapshot useless.
+    for transport in &vm.extras().virtio {
+        let transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+        if transport.save().is_none() {
+            return Err(SnapshotError::VirtioDevice(device_name(transport.device_type())));
+        }
     }
     let was_paused = vm.is_paused();
     let kvm = crate::kvm::open().map_err(|e| SnapshotError::Vcpu {
@@ -110,11 +131,24 @@ pub fn create(vm: &RunningVm, path: &Path) -> Result<SnapshotInfo, SnapshotError
             .serial
             .as_ref()
             .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).save());
+        // After the pause, so no vCPU moves a queue while it is read.
+        let virtio = vm
+            .extras()
+            .virtio
+            .iter()
+            .map(|t| {
+                let transport = t.lock().unwrap_or_else(|e| e.into_inner());
+                transport
+                    .save()
+                    .ok_or(SnapshotError::VirtioDevice(device_name(transport.device_type())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let machine = MachineState {
             config,
             vcpus,
             vm: VmState::capture(vm.kvm_vm())?,
             serial,
+            virtio,
             memory: memory::layout(vm.memory(), HEADER_LEN),
         };
         write_file(vm, path, &machine)

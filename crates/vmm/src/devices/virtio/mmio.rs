@@ -13,7 +13,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -47,6 +47,66 @@ const REG_SHM_LEN_LOW: u64 = 0x0b0;
 const REG_SHM_LEN_HIGH: u64 = 0x0b4;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG_SPACE: u64 = 0x100;
+
+/// One queue's position and set-up, as a snapshot keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedQueue {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(q: QueueState) -> Self {
+        SavedQueue {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<SavedQueue> for QueueState {
+    fn from(q: SavedQueue) -> Self {
+        QueueState {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// A transport's registers and queues, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportSnapshot {
+    pub device_type: u32,
+    pub status: u32,
+    pub driver_features: u64,
+    pub queue_select: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub interrupt_status: u32,
+    pub active: bool,
+    pub queues: Vec<SavedQueue>,
+}
 
 /// A virtio device in its virtio-mmio register window; put it on the MMIO bus.
 pub struct MmioTransport {
@@ -83,6 +143,61 @@ impl MmioTransport {
             status: 0,
             active: false,
         }
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    /// The transport's state, with the device's live queue positions when it is active;
+    /// `None` when the device's own state cannot be saved.
+    pub fn save(&self) -> Option<TransportSnapshot> {
+        let device_queues = self.device.saved_queues()?;
+        let queues = if self.active && device_queues.len() == self.queues.len() {
+            device_queues.into_iter().map(SavedQueue::from).collect()
+        } else {
+            self.queues.iter().map(|q| SavedQueue::from(q.state())).collect()
+        };
+        Some(TransportSnapshot {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            interrupt_status: self.interrupt.status(),
+            active: self.active,
+            queues,
+        })
+    }
+
+    /// Puts a saved state back (on a fresh transport of the same device type); an active device
+    /// is activated again with the saved queue positions. False if the state does not fit.
+    pub fn restore(&mut self, saved: &TransportSnapshot) -> bool {
+        if saved.device_type != self.device.device_type() || saved.queues.len() != self.queues.len() {
+            return false;
+        }
+        let mut queues = Vec::with_capacity(saved.queues.len());
+        for queue in &saved.queues {
+            match Queue::try_from(QueueState::from(*queue)) {
+                Ok(queue) => queues.push(queue),
+                Err(_) => return false,
+            }
+        }
+        self.queues = queues;
+        self.status = saved.status;
+        self.driver_features = saved.driver_features;
+        self.queue_select = saved.queue_select;
+        self.device_features_select = saved.device_features_select;
+        self.driver_features_select = saved.driver_features_select;
+        if saved.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            self.device.ack_features(saved.driver_features);
+        }
+        if saved.active && !self.activate() {
+            return false;
+        }
+        self.interrupt.restore_status(saved.interrupt_status);
+        true
     }
 
     /// The interrupt shared with the device (InterruptStatus bits and the line).

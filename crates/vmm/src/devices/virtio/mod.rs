@@ -84,6 +84,11 @@ pub trait VirtioDevice: Send {
     /// The driver accepted `features` (FEATURES_OK); devices whose backend depends on them
     /// (a tap's offloads) take note here.
     fn ack_features(&mut self, _features: u64) {}
+    /// For a snapshot: the queues the device holds while active (empty while inactive), or
+    /// `None` if its state cannot be saved yet (backend threads, host connections).
+    fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
 }
 
 /// The device's side of the interrupt: the InterruptStatus bits shared with the transport, and
@@ -120,6 +125,14 @@ impl VirtioInterrupt {
 
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Puts back InterruptStatus bits from a snapshot (and raises the line if any is set).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            let _ = self.line.trigger();
+        }
     }
 
     fn ack(&self, bits: u32) {

@@ -63,6 +63,10 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        Some(self.active.iter().map(|(_, queue)| queue.state()).collect())
+    }
 }
 
 /// Fills the chain's writable buffers; returns the bytes written.

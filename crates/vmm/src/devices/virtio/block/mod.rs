@@ -118,4 +118,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    // Requests complete within the notifying vCPU's exit, so a paused VM has none in flight:
+    // the queue positions are the whole state (the disk's content is the host's file).
+    fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        Some(self.active.iter().map(|a| a.queue.state()).collect())
+    }
 }

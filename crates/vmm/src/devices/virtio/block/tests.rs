@@ -244,3 +244,45 @@ fn partial_trailing_sector_is_not_exposed() {
     file.as_file().write_all(&[1; 1000]).unwrap();
     assert_eq!(Block::open(file.as_path(), true, "0").unwrap().capacity(), 1);
 }
+
+#[test]
+fn saved_transport_state_resumes_the_queue_on_a_new_device() {
+    use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::Rng;
+    let file = disk_file();
+    let mem = memory();
+    let mut driver = driver(&mem, Block::open(file.as_path(), false, "0").unwrap());
+    let pattern: Vec<u8> = (0..512u32).map(|i| (i * 3) as u8).collect();
+    driver.write_mem(BUFFER, &pattern);
+    let (status, _) = request(&mut driver, VIRTIO_BLK_T_OUT, 2, 512);
+    assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+    let saved = driver.transport.save().expect("block devices can be saved");
+    assert!(saved.active && saved.queues[0].next_avail == 1 && saved.queues[0].next_used == 1);
+
+    // The old device (and its disk lock) goes; a new one on the same file takes the state.
+    let irq = driver.irq.clone();
+    drop(std::mem::replace(
+        &mut driver.transport,
+        MmioTransport::new(mem.clone(), Box::new(Rng::new()), irq.clone()),
+    ));
+    driver.transport = MmioTransport::new(
+        mem.clone(),
+        Box::new(Block::open(file.as_path(), false, "0").unwrap()),
+        irq,
+    );
+    assert!(driver.transport.restore(&saved));
+    driver.write_mem(BUFFER, &[0; 512]);
+    let (status, len) = request(&mut driver, VIRTIO_BLK_T_IN, 2, 512);
+    assert_eq!(
+        (u32::from(status), len),
+        (VIRTIO_BLK_S_OK, 513),
+        "the next request is served"
+    );
+    assert_eq!(driver.read_mem(BUFFER, 512), pattern);
+    let mut wrong = saved.clone();
+    wrong.device_type = 4;
+    assert!(
+        !driver.transport.restore(&wrong),
+        "another device type is refused"
+    );
+}
