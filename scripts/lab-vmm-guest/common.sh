@@ -6,6 +6,10 @@
 #   vmlinuz-std        with lv_prepare's NEED-STD: Debian's standard kernel (linux-image-amd64's, as level 1 runs),
 #   l2-std.initrd.gz   where ext4 (jbd2, mbcache, crc16) and crc32c are modules too; l2-std.modules
 #   disk.img           ext4 made with mkfs.ext4 -d: seed.txt and seed.bin (2 MiB random)
+#   net-h2g.bin        8 MiB random, which level 1 sends the guest over virtio-net; its md5 in net-h2g.md5
+#   bin/vsock-echo     scripts/lab-vmm-guest/vsock-echo.c, static (gcc -static): vsock and unix-socket echo
+#                      server and client, for level 1 and (in the initramfs, /bin/vsock-echo) level 2
+#   l1/tun.ko          level 1's tun module (vmlab loads only kvm_amd and 9p): /dev/net/tun for the taps
 #   bin/vessel-vmm     static (LAB_VMM=vessel)
 #   qemu/              QEMU with its libraries, loader and firmware (LAB_VMM=qemu, the benchmark, comparison by hand)
 #   l1-boot.sh         boot_l2, which run.sh uses to boot one level-2 guest
@@ -28,7 +32,7 @@ lv_die() {
 # Debian packages the lab needs on the host; installed only when missing.
 lv_deps() {
   local p missing=()
-  for p in busybox-static cpio e2fsprogs qemu-system-x86 binutils kmod gzip; do
+  for p in busybox-static cpio e2fsprogs qemu-system-x86 binutils kmod gzip gcc libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -85,6 +89,7 @@ lv_initramfs() {
   root=$(mktemp -d -t lab-vmm-initramfs.XXXXXX)
   mkdir -p "$root"/{bin,dev,proc,sys,mnt,tmp,lib/modules}
   cp /bin/busybox "$root/bin/"
+  cp "$lab/bin/vsock-echo" "$root/bin/"
   # vmlab skips built-in modules and adds each module's dependencies (modules.dep; not softdeps) in load order.
   VMLAB_KERNEL=$pkg "$top/scripts/vmlab" modules "$root/lib/modules" "$@" >/dev/null ||
     lv_die "scripts/vmlab modules failed for $pkg"
@@ -100,6 +105,8 @@ lv_initramfs() {
 # Level 2's modules: virtio_mmio is the transport the VMM announces in ACPI; virtio_blk gives /dev/vda,
 # virtio_rng hw_random, virtio_console /dev/hvc0. The cloud kernel has ext4 (jbd2, crc32c) built in.
 LV_MODULES="virtio_mmio virtio_blk virtio_rng virtio_console"
+# The cloud kernel's initramfs also has virtio_net (eth0) and the vsock transport (AF_VSOCK over virtio).
+LV_NET_MODULES="virtio_net vsock vmw_vsock_virtio_transport"
 # The standard kernel has ext4 as a module, and crc32c too: ext4 and jbd2 ask for it through the crypto API
 # (a softdep, which no modprobe resolves here) when mounting a metadata_csum file system, so it comes first.
 LV_STD_MODULES="$LV_MODULES crc32c_generic ext4"
@@ -116,6 +123,18 @@ lv_disk() {
   mkfs.ext4 -q -F -L vessel-l2 -E root_owner=0:0 -d "$seed" "$lab/disk.img" 64M >/dev/null ||
     lv_die "mkfs.ext4 -d failed"
   rm -rf "$seed"
+}
+
+# lv_net LAB: vsock-echo (static), level 1's tun module, and the file level 1 sends the guest over the network.
+lv_net() {
+  local lab=$1
+  mkdir -p "$lab/bin" "$lab/l1"
+  gcc -static -O2 -s -Wall -o "$lab/bin/vsock-echo" "$top/scripts/lab-vmm-guest/vsock-echo.c" ||
+    lv_die "gcc -static could not build scripts/lab-vmm-guest/vsock-echo.c"
+  # Level 1 runs vmlab's kernel: VMLAB_KERNEL (or the standard one), as vmlab run will pick it.
+  "$top/scripts/vmlab" modules "$lab/l1" tun >/dev/null || lv_die "scripts/vmlab modules could not find tun"
+  head -c 8388608 /dev/urandom > "$lab/net-h2g.bin"
+  md5sum < "$lab/net-h2g.bin" | cut -d' ' -f1 > "$lab/net-h2g.md5"
 }
 
 # lv_qemu LAB: QEMU with everything it loads, for a level 1 without shared libraries.
@@ -167,10 +186,11 @@ lv_prepare() {
   mkdir -p "$lab/out"
   lv_deps
   if [ "$need_vessel" = 1 ]; then lv_vmm "$lab"; fi
+  lv_net "$lab"
   lv_l2_kernel
   echo "== $me: level 2: $L2_PKG ($L2_KVER); level 1: ${VMLAB_KERNEL:-the standard Debian kernel}"
   # shellcheck disable=SC2086 # a list of module names
-  lv_initramfs "$lab" "" "$L2_PKG" "$L2_KDIR" "$L2_KVER" $LV_MODULES
+  lv_initramfs "$lab" "" "$L2_PKG" "$L2_KDIR" "$L2_KVER" $LV_MODULES $LV_NET_MODULES
   if [ "$need_std" = 1 ]; then
     lv_std_kernel
     echo "== $me: level 2 also: $STD_PKG ($STD_KVER)"

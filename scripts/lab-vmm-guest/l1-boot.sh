@@ -2,10 +2,13 @@
 # Level-1 side of scripts/lab-vmm and scripts/bench-vmm-lab: boots one level-2 guest. Sourced by /lab/run.sh in
 # level 1 (busybox sh, no bash); copied into the lab directory as /lab/l1-boot.sh.
 #
-# boot_l2 [-k SUFFIX] [-d DISK]... [-c] [-n] OUT VMM DISK CMDLINE-EXTRA
+# boot_l2 [-k SUFFIX] [-d DISK]... [-c] [-n] [-N TAP,MAC] [-V CID,PATH] OUT VMM DISK CMDLINE-EXTRA
 #   VMM   vessel (/lab/bin/vessel-vmm) or qemu (/lab/qemu: QEMU microvm, ACPI, virtio-mmio)
 #   DISK  PATH[,ro][,id=NAME]: the first virtio-blk disk (/dev/vda under vessel-vmm); -d adds more, in order.
-#         id= is the serial the guest reads (/sys/block/vdX/serial)
+#         id= is the serial the guest reads (/sys/block/vdX/serial); "none": no disk
+#   -N    a virtio-net NIC on the tap TAP (created by the VMM) with the MAC address MAC
+#   -V    a virtio-vsock device, guest CID CID, host side on the unix socket PATH (vessel-vmm only: QEMU's
+#         vhost-vsock has no unix-socket host side, so it is left out under qemu)
 #   -k    boot /lab/vmlinuzSUFFIX with /lab/l2SUFFIX.initrd.gz (default: /lab/vmlinuz, /lab/l2.initrd.gz)
 #   -c    a virtio console (/dev/hvc0 in the guest) written to OUT.hvc
 #   -n    no virtio-rng device (vessel-vmm --no-rng)
@@ -41,20 +44,45 @@ qemu_disk() {
   echo "-drive id=d$1,file=$_qp,format=raw,if=none$_qo -device virtio-blk-device,drive=d$1$_qs"
 }
 
+# l1_tun: loads level 1's tun module (/lab/l1/tun.ko), once, so the VMMs can make taps.
+l1_tun() {
+  [ -c /dev/net/tun ] || insmod /lab/l1/tun.ko || echo "l1_tun: insmod tun.ko failed" >&2
+}
+
+# tap_up TAP ADDR/PREFIX SECONDS: waits up to SECONDS for the VMM to create TAP, then brings it up with the
+# address. Prints "tap=up wait=S" (S: seconds waited), "tap=missing" or "tap=failed".
+tap_up() {
+  _t0=$(now) _i=0
+  while [ ! -e "/sys/class/net/$1" ]; do
+    if [ $_i -ge $(($3 * 10)) ]; then echo "tap=missing"; return 1; fi
+    sleep 0.1
+    _i=$((_i + 1))
+  done
+  if ip link set "$1" up && ip addr add "$2" dev "$1"; then
+    echo "tap=up wait=$(awk -v a="$_t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
+  else
+    echo "tap=failed"
+    return 1
+  fi
+}
+
 boot_l2() {
-  _sfx='' _extra='' _con=0 _rng=1
+  _sfx='' _extra='' _con=0 _rng=1 _nic='' _vsock=''
   OPTIND=1
-  while getopts k:d:cn _o; do
+  while getopts k:d:cnN:V: _o; do
     case $_o in
       k) _sfx=$OPTARG ;;
       d) _extra="$_extra $OPTARG" ;;
       c) _con=1 ;;
       n) _rng=0 ;;
+      N) _nic=$OPTARG ;;
+      V) _vsock=$OPTARG ;;
       *) echo "boot_l2: bad option" >&2; return 2 ;;
     esac
   done
   shift $((OPTIND - 1))
   _out=$1 _vmm=$2 _disk=$3
+  [ "$_disk" != none ] || _disk=
   _cmdline="$L2_CMDLINE $4"
   _kernel=/lab/vmlinuz$_sfx _initrd=/lab/l2$_sfx.initrd.gz
   rm -f "$_out.hvc"
@@ -64,6 +92,8 @@ boot_l2() {
       for _d in $_disk $_extra; do _dev="$_dev --disk $_d"; done
       [ $_con = 1 ] && _dev="$_dev --console file:$_out.hvc"
       [ $_rng = 1 ] || _dev="$_dev --no-rng"
+      [ -z "$_nic" ] || _dev="$_dev --net tap=${_nic%%,*},mac=${_nic#*,}"
+      [ -z "$_vsock" ] || _dev="$_dev --vsock cid=${_vsock%%,*},path=${_vsock#*,}"
       # shellcheck disable=SC2086 # $_dev is a list of arguments
       set -- /lab/bin/vessel-vmm --kernel "$_kernel" --initrd "$_initrd" --cmdline "$_cmdline" \
         --cpus "$L2_CPUS" --memory "$L2_MEM" --serial stdio $_dev
@@ -73,6 +103,8 @@ boot_l2() {
       for _d in $_disk $_extra; do _dev="$_dev $(qemu_disk $_n "$_d")"; _n=$((_n + 1)); done
       [ $_con = 1 ] && _dev="$_dev -device virtio-serial-device -chardev file,id=hvc,path=$_out.hvc -device virtconsole,chardev=hvc"
       [ $_rng = 1 ] && _dev="$_dev -device virtio-rng-device"
+      # vhost=off: the virtio-net device model in QEMU's process, as vessel-vmm's is in its own.
+      [ -z "$_nic" ] || _dev="$_dev -netdev tap,id=n0,ifname=${_nic%%,*},script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0,mac=${_nic#*,}"
       # -no-reboot: a guest reset ends QEMU (status 0), as a VMM process per boot should. Debian 12's microvm
       # (QEMU 7.2) gave Linux no reset that worked (no i8042; ACPI reset had no effect), so Linux fell through to
       # its real-mode BIOS restart, which died in KVM ("emulation failure"): reset by triple fault instead
