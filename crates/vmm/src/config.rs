@@ -25,6 +25,12 @@ pub enum ConfigError {
     Mac(String),
     #[error("Invalid vsock {spec:?}: {why} (expected cid=N,path=PATH)")]
     Vsock { spec: String, why: &'static str },
+    #[error("Invalid vsock: guest CID {0} is reserved or too large: it must be between 3 and 4294967294")]
+    VsockCid(u64),
+    #[error("Invalid vsock: the host socket path (uds_path) is empty")]
+    VsockPath,
+    #[error(transparent)]
+    TapName(#[from] crate::devices::virtio::net::NetError),
     #[error("Invalid serial {0:?}: expected stdio, none or file:PATH")]
     Serial(String),
     #[error("Only one of the serial port and the virtio console can use stdio")]
@@ -142,9 +148,19 @@ pub struct NicConfig {
     pub tap: String,
     #[serde(default)]
     pub mac: Option<String>,
+    /// The API's `iface_id`, which names the NIC for later requests; none from the command line.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 impl NicConfig {
+    /// Checks the tap name (the kernel's rules for interface names) and the MAC.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        crate::devices::virtio::net::check_tap_name(&self.tap)?;
+        self.mac_bytes()?;
+        Ok(())
+    }
+
     /// The MAC as bytes, if one was given.
     pub fn mac_bytes(&self) -> Result<Option<[u8; 6]>, ConfigError> {
         let Some(text) = &self.mac else { return Ok(None) };
@@ -177,6 +193,7 @@ impl FromStr for NicConfig {
         let mut nic = NicConfig {
             tap: String::new(),
             mac: None,
+            id: None,
         };
         for option in spec.split(',') {
             match option.split_once('=') {
@@ -199,6 +216,19 @@ impl FromStr for NicConfig {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+}
+
+impl VsockConfig {
+    /// Checks the CID (the range the vsock device accepts) and that a socket path is given.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !crate::devices::virtio::vsock::GUEST_CIDS.contains(&self.guest_cid) {
+            return Err(ConfigError::VsockCid(self.guest_cid));
+        }
+        if self.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::VsockPath);
+        }
+        Ok(())
+    }
 }
 
 impl FromStr for VsockConfig {
@@ -295,7 +325,10 @@ impl VmConfig {
             + usize::from(self.rng)
             + usize::from(self.console != SerialConfig::None);
         for nic in &self.nics {
-            nic.mac_bytes()?;
+            nic.check()?;
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.check()?;
         }
         if devices > VIRTIO_MAX_DEVICES as usize {
             return Err(ConfigError::TooManyDevices {
@@ -353,6 +386,36 @@ mod tests {
             (3, Some("/tmp/v.sock"))
         );
         assert!("cid=x,path=/p".parse::<VsockConfig>().is_err());
+        let config = |json: &str| serde_json::from_str::<VmConfig>(json).unwrap();
+        // A config written before NICs had ids still reads.
+        let old = config(r#"{"kernel": "/k", "nics": [{"tap": "t0", "mac": null}]}"#);
+        assert_eq!(old.nics[0].id, None);
+    }
+
+    #[test]
+    fn nic_and_vsock_checks_name_the_problem() {
+        let nic = |tap: &str, mac: Option<&str>| NicConfig {
+            tap: tap.into(),
+            mac: mac.map(Into::into),
+            id: None,
+        };
+        nic("tap0", Some("52:54:00:12:34:56")).check().unwrap();
+        let err = nic("", None).check().unwrap_err();
+        assert!(err.to_string().contains("not a valid interface name"), "{err}");
+        let err = nic("a-very-long-tap-name", None).check().unwrap_err();
+        assert!(err.to_string().contains("longer than 15 bytes"), "{err}");
+        let err = nic("tap0", Some("52:54:00")).check().unwrap_err();
+        assert!(matches!(err, ConfigError::Mac(_)), "{err}");
+        let vsock = |guest_cid, path: &str| VsockConfig {
+            guest_cid,
+            uds_path: path.into(),
+        };
+        vsock(3, "/v.sock").check().unwrap();
+        for cid in [0, 1, 2, u64::from(u32::MAX)] {
+            let err = vsock(cid, "/v.sock").check().unwrap_err();
+            assert!(err.to_string().contains("guest CID"), "{err}");
+        }
+        assert!(matches!(vsock(3, "").check(), Err(ConfigError::VsockPath)));
     }
 
     #[test]

@@ -77,7 +77,19 @@ impl Vmm {
     }
 
     fn spawn_only(socket: &Path, args: &[&str]) -> Vmm {
-        let child = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        Self::spawn_under(&[], socket, args)
+    }
+
+    /// Like `spawn_only`, run through `wrapper` (a command that execs its arguments, such as
+    /// `unshare --net`, so the child's pid stays the VMM's).
+    fn spawn_under(wrapper: &[&str], socket: &Path, args: &[&str]) -> Vmm {
+        let binary = env!("CARGO_BIN_EXE_vessel-vmm");
+        let (program, prefix) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, [rest, &[binary]].concat()),
+            None => (binary, vec![]),
+        };
+        let child = Command::new(program)
+            .args(prefix)
             .arg("--api-sock")
             .arg(socket)
             .args(args)
@@ -365,6 +377,75 @@ fn configured_through_the_api_then_started_paused_resumed_and_powered_off() {
     assert!(!dir.socket().exists(), "the socket is removed on exit");
 }
 
+/// NICs and vsock configured through the API are in the config and, at InstanceStart, the VM
+/// really has them: the taps exist and the vsock socket listens. The VMM runs in a private
+/// network namespace, so its taps never touch the host and vanish with it.
+#[test]
+fn nics_and_vsock_configured_through_the_api_exist_once_started() {
+    let dir = Scratch::new("nics");
+    let kernel = dir.file("k", &spinner());
+    let uds = dir.0.join("v.sock");
+    let mut vmm = Vmm::spawn_under(&["unshare", "--net"], &dir.socket(), &["--memory", "32"]);
+    vmm.wait_for_socket();
+    let mut api = vmm.client();
+    api.patch("/machine-config", json!({"pvm_guest_kernel": pvm()}))
+        .expect(204, "");
+    api.put("/boot-source", json!({"kernel_image_path": kernel}))
+        .expect(204, "");
+    let eth0 = json!({"iface_id": "eth0", "host_dev_name": "vapi0", "guest_mac": "52:54:00:00:00:0a"});
+    api.put("/network-interfaces/eth0", eth0.clone()).expect(204, "");
+    api.put(
+        "/network-interfaces/eth1",
+        json!({"iface_id": "eth1", "host_dev_name": "vapi1"}),
+    )
+    .expect(204, "");
+    // The same id again replaces the NIC: vapi1 is never created.
+    api.put(
+        "/network-interfaces/eth1",
+        json!({"iface_id": "eth1", "host_dev_name": "vapi2"}),
+    )
+    .expect(204, "");
+    api.put("/vsock", json!({"guest_cid": 9, "uds_path": "/unused.sock"}))
+        .expect(204, "");
+    api.put("/vsock", json!({"guest_cid": 3, "uds_path": uds}))
+        .expect(204, "");
+    let config = api.get("/vm/config").expect(200, "").json();
+    assert_eq!(
+        config["nics"],
+        json!([
+            {"tap": "vapi0", "mac": "52:54:00:00:00:0a", "id": "eth0"},
+            {"tap": "vapi2", "mac": null, "id": "eth1"},
+        ])
+    );
+    assert_eq!(config["vsock"], json!({"guest_cid": 3, "uds_path": uds}));
+
+    api.put("/actions", json!({"action_type": "InstanceStart"}))
+        .expect(204, "");
+    assert_eq!(vmm.guest_output(2), "up");
+    let links = Command::new("nsenter")
+        .args([
+            "-t",
+            &vmm.child.id().to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+        ])
+        .output()
+        .expect("nsenter (util-linux) and ip (iproute2) are needed for this test");
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(
+        links.contains("vapi0:") && links.contains("vapi2:") && !links.contains("vapi1:"),
+        "{links}"
+    );
+    assert!(uds.exists(), "the vsock socket listens at {}", uds.display());
+    api.put("/network-interfaces/eth0", eth0)
+        .expect(409, "Network interfaces can only be changed before the VM starts");
+    api.put("/vsock", json!({"guest_cid": 3, "uds_path": uds}))
+        .expect(409, "before the VM starts");
+}
+
 #[test]
 fn booted_from_the_command_line_the_api_serves_the_running_vm() {
     let dir = Scratch::new("boot-at-once");
@@ -457,6 +538,24 @@ fn bad_requests_get_4xx_naming_the_problem_and_a_failed_start_can_be_retried() {
         .expect(400, "unknown variant `Running`");
     api.put("/actions", json!({"action_type": "SendCtrlAltDel"}))
         .expect(400, "not supported yet");
+    let nic =
+        |id: &str, tap: &str, mac: &str| json!({"iface_id": id, "host_dev_name": tap, "guest_mac": mac});
+    api.put("/network-interfaces/eth0", nic("eth0", "t0", "ff:ff:ff:ff:ff:ff"))
+        .expect(400, "Invalid MAC address");
+    api.put("/network-interfaces/eth0", nic("eth0", "", "52:54:00:00:00:01"))
+        .expect(400, "not a valid interface name");
+    api.put("/network-interfaces/eth0", nic("eth1", "t0", "52:54:00:00:00:01"))
+        .expect(400, "differs");
+    api.put(
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": "t0", "mac": "52:54:00:00:00:01"}),
+    )
+    .expect(400, "unknown field `mac`");
+    api.put("/vsock", json!({"guest_cid": 2, "uds_path": "/tmp/v.sock"}))
+        .expect(400, "guest CID 2 is reserved");
+    api.put("/vsock", json!({"guest_cid": 3, "uds_path": ""}))
+        .expect(400, "empty");
+    assert_eq!(api.get("/vm/config").expect(200, "").json()["nics"], json!([]));
 
     // Paths and methods.
     api.get("/nope").expect(404, "No resource at /nope");
@@ -464,6 +563,10 @@ fn bad_requests_get_4xx_naming_the_problem_and_a_failed_start_can_be_retried() {
     let reply = api.request("DELETE", "/", None);
     assert_eq!((reply.status, reply.header("allow")), (405, Some("GET")));
     let reply = api.request("POST", "/actions", None);
+    assert_eq!((reply.status, reply.header("allow")), (405, Some("PUT")));
+    let reply = api.get("/network-interfaces/eth0");
+    assert_eq!((reply.status, reply.header("allow")), (405, Some("PUT")));
+    let reply = api.get("/vsock");
     assert_eq!((reply.status, reply.header("allow")), (405, Some("PUT")));
     api.get("/boot-source")
         .expect(405, "GET is not allowed on /boot-source");
@@ -654,8 +757,8 @@ fn openapi_document_matches_the_server() {
     const METHODS: [&str; 7] = ["get", "put", "patch", "post", "delete", "head", "options"];
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
-        // The drive example's own id, so that the path and the body agree.
-        let concrete = path.replace("{drive_id}", "rootfs");
+        // The examples' own ids, so that the path and the body agree.
+        let concrete = path.replace("{drive_id}", "rootfs").replace("{iface_id}", "eth0");
         let documented: BTreeSet<String> = item
             .as_object()
             .unwrap()
@@ -720,7 +823,7 @@ fn openapi_document_matches_the_server() {
             .collect();
         assert_eq!(allowed, documented, "{path}");
     }
-    assert_eq!(checked, 11, "every documented operation was tried");
+    assert_eq!(checked, 13, "every documented operation was tried");
 }
 
 /// Prints bytes counting up by one on COM1, forever (see tests/native_guest.rs).

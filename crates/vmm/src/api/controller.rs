@@ -4,7 +4,7 @@
 
 use super::http::{Request, Response};
 use super::models::*;
-use crate::config::{ConfigError, DiskConfig, VmConfig};
+use crate::config::{ConfigError, DiskConfig, NicConfig, VmConfig, VsockConfig};
 use crate::exit::VmExit;
 use crate::launch;
 use crate::memory::{MemoryError, MIN_LINUX_MIB};
@@ -43,6 +43,8 @@ enum Resource<'a> {
     BootSource,
     MachineConfig,
     Drive(&'a str),
+    NetworkInterface(&'a str),
+    Vsock,
     Actions,
     Vm,
     VmConfig,
@@ -61,10 +63,16 @@ impl<'a> Resource<'a> {
             "/vm/config" => Resource::VmConfig,
             "/metrics" => Resource::Metrics,
             "/snapshot/create" => Resource::SnapshotCreate,
-            _ => match path.strip_prefix("/drives/") {
-                Some(id) if !id.is_empty() && !id.contains('/') => Resource::Drive(id),
-                _ => return None,
-            },
+            "/vsock" => Resource::Vsock,
+            _ => {
+                if let Some(id) = item(path, "/drives/") {
+                    Resource::Drive(id)
+                } else if let Some(id) = item(path, "/network-interfaces/") {
+                    Resource::NetworkInterface(id)
+                } else {
+                    return None;
+                }
+            }
         })
     }
 
@@ -72,11 +80,22 @@ impl<'a> Resource<'a> {
     fn allowed(self) -> &'static str {
         match self {
             Resource::Root | Resource::VmConfig | Resource::Metrics => "GET",
-            Resource::BootSource | Resource::Drive(_) | Resource::Actions | Resource::SnapshotCreate => "PUT",
+            Resource::BootSource
+            | Resource::Drive(_)
+            | Resource::NetworkInterface(_)
+            | Resource::Vsock
+            | Resource::Actions
+            | Resource::SnapshotCreate => "PUT",
             Resource::MachineConfig => "GET, PUT, PATCH",
             Resource::Vm => "PATCH",
         }
     }
+}
+
+/// `{id}` in `{prefix}{id}`: one non-empty path segment.
+fn item<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 enum Phase {
@@ -182,6 +201,8 @@ impl Controller {
             (Resource::MachineConfig, "PUT") => self.put_machine_config(parse(body)?),
             (Resource::MachineConfig, "PATCH") => self.patch_machine_config(parse(body)?),
             (Resource::Drive(id), "PUT") => self.put_drive(id, parse(body)?),
+            (Resource::NetworkInterface(id), "PUT") => self.put_network_interface(id, parse(body)?),
+            (Resource::Vsock, "PUT") => self.put_vsock(parse(body)?),
             (Resource::Actions, "PUT") => self.action(parse(body)?),
             (Resource::Vm, "PATCH") => self.patch_vm(parse(body)?),
             (Resource::SnapshotCreate, "PUT") => self.create_snapshot(parse(body)?),
@@ -273,7 +294,7 @@ impl Controller {
                 drive.drive_id
             )));
         }
-        check_drive_id(path_id)?;
+        check_id("drive_id", path_id)?;
         self.ensure_not_started("Drives")?;
         if !drive.path_on_host.exists() {
             return Err(bad(ConfigError::DiskMissing(drive.path_on_host)));
@@ -287,6 +308,43 @@ impl Controller {
             Some(existing) => *existing = disk,
             None => self.config.disks.push(disk),
         }
+        Ok(Response::no_content())
+    }
+
+    fn put_network_interface(
+        &mut self,
+        path_id: &str,
+        iface: NetworkInterface,
+    ) -> Result<Response, ApiError> {
+        if iface.iface_id != path_id {
+            return Err(bad(format!(
+                "iface_id {:?} in the body differs from {path_id:?} in the path",
+                iface.iface_id
+            )));
+        }
+        check_id("iface_id", path_id)?;
+        let nic = NicConfig {
+            tap: iface.host_dev_name,
+            mac: iface.guest_mac,
+            id: Some(iface.iface_id),
+        };
+        nic.check().map_err(bad)?;
+        self.ensure_not_started("Network interfaces")?;
+        match self.config.nics.iter_mut().find(|n| n.id == nic.id) {
+            Some(existing) => *existing = nic,
+            None => self.config.nics.push(nic),
+        }
+        Ok(Response::no_content())
+    }
+
+    fn put_vsock(&mut self, vsock: Vsock) -> Result<Response, ApiError> {
+        let vsock = VsockConfig {
+            guest_cid: vsock.guest_cid,
+            uds_path: vsock.uds_path,
+        };
+        vsock.check().map_err(bad)?;
+        self.ensure_not_started("The vsock device")?;
+        self.config.vsock = Some(vsock);
         Ok(Response::no_content())
     }
 
@@ -406,14 +464,15 @@ fn instance_id() -> String {
     format!("vessel-vmm-{}", std::process::id())
 }
 
-/// The drive id is also the disk's serial in the guest (virtio-blk GET_ID: at most 20 bytes).
-fn check_drive_id(id: &str) -> Result<(), ApiError> {
+/// Drive and interface ids. A drive id is also the disk's serial in the guest (virtio-blk
+/// GET_ID: at most 20 bytes); interface ids follow the same rule so that both look alike.
+fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     let valid_chars = id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if id.is_empty() || id.len() > 20 || !valid_chars {
         return Err(bad(format!(
-            "Invalid drive_id {id:?}: 1 to 20 characters of A-Z, a-z, 0-9, '_' and '-'"
+            "Invalid {field} {id:?}: 1 to 20 characters of A-Z, a-z, 0-9, '_' and '-'"
         )));
     }
     Ok(())
@@ -516,6 +575,118 @@ mod tests {
             (metrics["api_requests"].as_u64(), metrics["api_errors"].as_u64()),
             (Some(8), Some(7))
         );
+    }
+
+    #[test]
+    fn nics_and_vsock_are_configured_replaced_and_checked() {
+        let mut c = controller();
+        let nic = |id: &str, tap: &str, mac: &str| {
+            format!(r#"{{"iface_id": "{id}", "host_dev_name": "{tap}", "guest_mac": "{mac}"}}"#)
+        };
+        let put = |c: &mut Controller, path: &str, body: &str| call(c, "PUT", path, body);
+        assert_eq!(
+            put(
+                &mut c,
+                "/network-interfaces/eth0",
+                &nic("eth0", "tap0", "52:54:00:00:00:01")
+            )
+            .0,
+            204
+        );
+        assert_eq!(
+            put(
+                &mut c,
+                "/network-interfaces/eth1",
+                r#"{"iface_id": "eth1", "host_dev_name": "tap1"}"#
+            )
+            .0,
+            204
+        );
+        // The same id again replaces the first NIC in its place.
+        assert_eq!(
+            put(
+                &mut c,
+                "/network-interfaces/eth0",
+                &nic("eth0", "tap9", "52:54:00:00:00:09")
+            )
+            .0,
+            204
+        );
+        let taps: Vec<_> = c
+            .config
+            .nics
+            .iter()
+            .map(|n| (n.tap.as_str(), n.mac.as_deref()))
+            .collect();
+        assert_eq!(taps, [("tap9", Some("52:54:00:00:00:09")), ("tap1", None)]);
+        for (path, body, needle) in [
+            (
+                "/network-interfaces/eth0",
+                nic("eth0", "tap0", "01:00:00:00:00:00"),
+                "Invalid MAC",
+            ),
+            (
+                "/network-interfaces/eth0",
+                nic("eth0", "tap0", "52:54:00"),
+                "Invalid MAC",
+            ),
+            (
+                "/network-interfaces/eth0",
+                nic("eth0", "", "52:54:00:00:00:01"),
+                "not a valid interface name",
+            ),
+            (
+                "/network-interfaces/eth0",
+                nic("eth1", "tap0", "52:54:00:00:00:01"),
+                "differs",
+            ),
+            (
+                "/network-interfaces/e.0",
+                nic("e.0", "tap0", "52:54:00:00:00:01"),
+                "Invalid iface_id",
+            ),
+            (
+                "/vsock",
+                r#"{"guest_cid": 2, "uds_path": "/v.sock"}"#.into(),
+                "guest CID 2",
+            ),
+            (
+                "/vsock",
+                r#"{"guest_cid": 3, "uds_path": ""}"#.into(),
+                "path (uds_path) is empty",
+            ),
+            (
+                "/vsock",
+                r#"{"guest_cid": 3, "uds_path": "/v", "vsock_id": "v"}"#.into(),
+                "unknown field `vsock_id`",
+            ),
+        ] {
+            let (status, answer) = put(&mut c, path, &body);
+            assert!(
+                status == 400 && answer.contains(needle),
+                "{path} {body}: {answer}"
+            );
+        }
+        assert_eq!(c.config.nics.len(), 2);
+        assert_eq!(
+            put(&mut c, "/vsock", r#"{"guest_cid": 3, "uds_path": "/a"}"#).0,
+            204
+        );
+        assert_eq!(
+            put(&mut c, "/vsock", r#"{"guest_cid": 7, "uds_path": "/b"}"#).0,
+            204
+        );
+        let vsock = c.config.vsock.clone().unwrap();
+        assert_eq!((vsock.guest_cid, vsock.uds_path.to_str()), (7, Some("/b")));
+        let request = Request {
+            method: "GET".into(),
+            target: "/vsock".into(),
+            body: vec![],
+            keep_alive: true,
+        };
+        let response = c.handle(&request);
+        assert_eq!((response.status, response.allow), (405, Some("PUT")));
+        assert_eq!(call(&mut c, "GET", "/network-interfaces/", "").0, 404);
     }
 
     #[test]

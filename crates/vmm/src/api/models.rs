@@ -49,6 +49,26 @@ pub struct Drive {
     pub is_read_only: bool,
 }
 
+/// `PUT /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    /// The host's tap device (created at InstanceStart if it does not exist).
+    pub host_dev_name: String,
+    /// The guest's MAC address; random when absent.
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+}
+
+/// `PUT /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
 /// `PUT /actions`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,7 +26,7 @@ mod tap;
 mod tests;
 
 pub use device::Net;
-pub use tap::{NetError, Tap, MAX_NAME_LEN};
+pub use tap::{check_name as check_tap_name, NetError, Tap, MAX_NAME_LEN};
 
 /// Device type id (virtio 1.2 §5).
 pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;

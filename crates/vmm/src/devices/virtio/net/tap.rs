@@ -154,7 +154,7 @@ impl AsRawFd for Tap {
 }
 
 /// The kernel's own rule (dev_valid_name), checked first for a clearer message than EINVAL.
-fn check_name(name: &str) -> Result<(), NetError> {
+pub fn check_name(name: &str) -> Result<(), NetError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NetError::NameTooLong { tap: name.to_owned() });
     }

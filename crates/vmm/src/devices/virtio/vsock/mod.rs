@@ -41,6 +41,9 @@ const RX: usize = 0;
 const TX: usize = 1;
 const EVENT: usize = 2;
 const QUEUE_SIZE: u16 = 256;
+/// The CIDs a guest may have: 0, 1 and 2 are the hypervisor, local and host; u32::MAX is
+/// VMADDR_CID_ANY.
+pub const GUEST_CIDS: std::ops::Range<u64> = 3..u32::MAX as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
@@ -67,8 +70,7 @@ impl Vsock {
     /// Listens on `uds_path` for host connections to the guest with CID `guest_cid`. The path
     /// must not exist (a stale socket from a crashed VMM must be removed first).
     pub fn new(guest_cid: u64, uds_path: impl AsRef<Path>) -> Result<Self, VsockError> {
-        // 0, 1 and 2 are the hypervisor, local and host; u32::MAX is VMADDR_CID_ANY.
-        if !(3..u64::from(u32::MAX)).contains(&guest_cid) {
+        if !GUEST_CIDS.contains(&guest_cid) {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         let path = uds_path.as_ref().to_path_buf();
