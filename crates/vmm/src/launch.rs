@@ -5,6 +5,7 @@ use crate::arch::boot::{self, BootError};
 use crate::arch::layout::*;
 use crate::arch::regs::StartMode;
 use crate::config::{ConfigError, SerialConfig, VmConfig};
+use crate::devices::ged::{Ged, GedRegister};
 use crate::devices::input_feed::spawn_input_feed;
 use crate::devices::legacy::{AcpiPowerRegisters, I8042};
 use crate::devices::serial::{SerialPort, SerialSink, SerialSnapshot};
@@ -98,6 +99,7 @@ pub fn build(kvm: &kvm_ioctls::Kvm, config: &VmConfig) -> Result<Vm, LaunchError
         vcpus: config.cpus as u8,
         virtio_mmio: windows,
         serial: true,
+        power_button: true,
     };
     let rsdp = acpi::write_acpi_tables(&mem, &machine)?;
     boot::write_boot_info(&mem, &kernel, cmdline_len, initrd, rsdp)?;
@@ -180,8 +182,8 @@ pub fn open_disks(config: &VmConfig) -> Result<Vec<Block>, LaunchError> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// COM1 (fresh, or in a snapshot's state), the i8042 and the ACPI power registers; the VM
-/// keeps `config` and the serial port for snapshots.
+/// COM1 (fresh, or in a snapshot's state), the i8042, the ACPI power registers and the ACPI
+/// event device (the power button); the VM keeps `config` and the serial port for snapshots.
 pub fn add_platform_devices(
     vm: &mut Vm,
     config: &VmConfig,
@@ -196,6 +198,13 @@ pub fn add_platform_devices(
     )?;
     let power = Arc::new(Mutex::new(AcpiPowerRegisters::new(vm.exit_sender())));
     vm.add_port_device(ACPI_SLEEP_CONTROL_PORT, AcpiPowerRegisters::LEN as u16, power)?;
+    let ged = Arc::new(Ged::new(vm.irq_line(ACPI_GED_GSI)?));
+    vm.add_port_device(
+        ACPI_GED_STATUS_PORT,
+        Ged::LEN,
+        Arc::new(Mutex::new(GedRegister(ged.clone()))),
+    )?;
+    vm.set_ged(ged);
     vm.set_config(config.clone());
     Ok(())
 }

@@ -68,6 +68,8 @@ pub struct Extras {
     /// The CPUID table given to each vCPU: what the guest may have seen (KVM_GET_CPUID2 may
     /// report more, e.g. on kvm-pvm).
     pub cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    /// The ACPI event device, through which the API presses the power button.
+    pub ged: Option<Arc<crate::devices::ged::Ged>>,
 }
 
 impl Vm {
@@ -147,6 +149,10 @@ impl Vm {
 
     pub fn set_config(&mut self, config: crate::config::VmConfig) {
         self.extras.config = Some(config);
+    }
+
+    pub fn set_ged(&mut self, ged: Arc<crate::devices::ged::Ged>) {
+        self.extras.ged = Some(ged);
     }
 
     pub fn set_serial(&mut self, port: Arc<Mutex<SerialPort>>) {

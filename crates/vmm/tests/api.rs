@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use vessel_vmm::arch::layout::COM1_PORT;
+use vessel_vmm::arch::layout::{ACPI_GED_STATUS_PORT, COM1_PORT};
 use vessel_vmm::handmade::{elf_kernel, power_off, print, spin};
 use vessel_vmm::kvm::Flavour;
 
@@ -60,6 +60,20 @@ fn waiting_guest() -> Vec<u8> {
         0x74, 0xfb, // jz again
     ];
     elf_kernel(&[print(b"up"), wait_for_input.to_vec(), print(b"bye"), power_off()].concat())
+}
+
+/// Prints "up", polls the ACPI event device's status register until the power-button bit is set,
+/// prints "bye" and powers off: a guest that shuts down when its power button is pressed (by
+/// polling, since a hand-made guest has no interrupt handler).
+fn power_button_guest() -> Vec<u8> {
+    let [port_low, port_high] = ACPI_GED_STATUS_PORT.to_le_bytes();
+    let wait_for_press = [
+        0xba, port_low, port_high, 0, 0,    // mov edx, GED status register
+        0xec, // again: in al, dx (reading clears the events)
+        0xa8, 0x01, // test al, 1 (power button)
+        0x74, 0xfb, // jz again
+    ];
+    elf_kernel(&[print(b"up"), wait_for_press.to_vec(), print(b"bye"), power_off()].concat())
 }
 
 /// A vessel-vmm process serving its API; killed if the test ends first.
@@ -447,6 +461,37 @@ fn nics_and_vsock_configured_through_the_api_exist_once_started() {
 }
 
 #[test]
+fn the_power_button_reaches_a_running_guest_which_powers_off() {
+    let dir = Scratch::new("power-button");
+    let kernel = dir.file("k", &power_button_guest());
+    let mut vmm = Vmm::spawn(&dir, &["--memory", "32"]);
+    let mut api = vmm.client();
+    let press = json!({"action_type": "PressPowerButton"});
+    api.put("/actions", press.clone())
+        .expect(409, "The VM is not running (state \"Not started\")");
+    api.patch("/machine-config", json!({"pvm_guest_kernel": pvm()}))
+        .expect(204, "");
+    api.put("/boot-source", json!({"kernel_image_path": kernel}))
+        .expect(204, "");
+    api.put("/actions", json!({"action_type": "InstanceStart"}))
+        .expect(204, "");
+    assert_eq!(vmm.guest_output(2), "up");
+    api.patch("/vm", json!({"state": "Paused"})).expect(204, "");
+    api.put("/actions", press.clone()).expect(409, "paused");
+    api.patch("/vm", json!({"state": "Resumed"})).expect(204, "");
+    // The guest keeps polling until the press.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(vmm.child.try_wait().unwrap().is_none(), "{}", vmm.stderr());
+    api.put("/actions", json!({"action_type": "SendCtrlAltDel"}))
+        .expect(400, "PressPowerButton");
+    api.put("/actions", press).expect(204, "");
+    let status = vmm.wait();
+    assert_eq!(status.code(), Some(0), "{}", vmm.stderr());
+    assert_eq!(vmm.guest_output(3), "bye");
+    assert!(vmm.stderr().contains("vessel-vmm: guest powered off"));
+}
+
+#[test]
 fn booted_from_the_command_line_the_api_serves_the_running_vm() {
     let dir = Scratch::new("boot-at-once");
     let kernel = dir.file("k", &spinner());
@@ -467,7 +512,7 @@ fn booted_from_the_command_line_the_api_serves_the_running_vm() {
     api.put("/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 64}))
         .expect(409, "");
     api.put("/actions", json!({"action_type": "SendCtrlAltDel"}))
-        .expect(400, "not supported yet");
+        .expect(400, "not supported: the VM has no i8042 keyboard");
 
     api.patch("/vm", json!({"state": "Paused"})).expect(204, "");
     assert_eq!(api.state(), "Paused");
@@ -537,7 +582,7 @@ fn bad_requests_get_4xx_naming_the_problem_and_a_failed_start_can_be_retried() {
     api.patch("/vm", json!({"state": "Running"}))
         .expect(400, "unknown variant `Running`");
     api.put("/actions", json!({"action_type": "SendCtrlAltDel"}))
-        .expect(400, "not supported yet");
+        .expect(400, "not supported: the VM has no i8042 keyboard");
     let nic =
         |id: &str, tap: &str, mac: &str| json!({"iface_id": id, "host_dev_name": tap, "guest_mac": mac});
     api.put("/network-interfaces/eth0", nic("eth0", "t0", "ff:ff:ff:ff:ff:ff"))

@@ -10,7 +10,9 @@
 //! no FACS, no PM timer. Linux then also skips the legacy PIC and the PIT/HPET timer set-up, so the
 //! MADT needs no interrupt source overrides. What remains for the VMM to emulate are three byte-wide
 //! I/O ports: sleep control (the guest writes `SLP_TYP << 2 | SLP_EN (0x20)` there to power off),
-//! sleep status (it writes `WAK_STS (0x80)` there first) and reset (`ACPI_RESET_VALUE`).
+//! sleep status (it writes `WAK_STS (0x80)` there first) and reset (`ACPI_RESET_VALUE`); and, for
+//! events the VMM sends the guest (the power button), a Generic Event Device with its own
+//! interrupt and status port (`devices/ged.rs`).
 //!
 //! Layout in guest memory, from [`layout::ACPI_RSDP_ADDR`] up to [`layout::ACPI_TABLES_END`]:
 //! RSDP, XSDT, FADT, MADT, DSDT, each 16-byte aligned. The RSDP sits in the BIOS read-only area
@@ -75,6 +77,9 @@ pub struct AcpiMachine {
     pub virtio_mmio: Vec<VirtioMmioWindow>,
     /// Whether COM1 (port [`layout::COM1_PORT`], GSI [`layout::COM1_GSI`]) exists.
     pub serial: bool,
+    /// Whether the ACPI event device (status port [`layout::ACPI_GED_STATUS_PORT`], GSI
+    /// [`layout::ACPI_GED_GSI`]) and the power button it notifies exist.
+    pub power_button: bool,
 }
 
 /// Why the tables could not be written: a machine they cannot describe, or guest memory.
@@ -196,6 +201,9 @@ fn validate(machine: &AcpiMachine) -> Result<(), AcpiError> {
     let mut users: Vec<(u32, String)> = Vec::new();
     if machine.serial {
         users.push((layout::COM1_GSI, "COM1".to_string()));
+    }
+    if machine.power_button {
+        users.push((layout::ACPI_GED_GSI, "the ACPI event device".to_string()));
     }
     for (index, window) in machine.virtio_mmio.iter().enumerate() {
         let fits_32 = window.size <= u64::from(u32::MAX)

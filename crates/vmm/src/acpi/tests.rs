@@ -19,6 +19,7 @@ fn machine(vcpus: u8, devices: u32, serial: bool) -> AcpiMachine {
         vcpus,
         virtio_mmio: (0..devices).map(VirtioMmioWindow::at_layout_index).collect(),
         serial,
+        power_button: true,
     }
 }
 
@@ -237,6 +238,15 @@ fn acpi_dsdt_names_s5_and_one_device_per_window() {
         assert!(contains(name), "{}", String::from_utf8_lossy(name));
     }
     assert!(!contains(b"VM03"));
+    for name in [&b"PWRB"[..], b"GED0", b"ACPI0013", b"_EVT"] {
+        assert!(contains(name), "{}", String::from_utf8_lossy(name));
+    }
+
+    let mut without = machine(1, 1, true);
+    without.power_button = false;
+    let dsdt = write(&without).dsdt;
+    let contains = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(b"GED0") && !contains(b"PWRB"));
 }
 
 #[test]
@@ -265,6 +275,16 @@ fn acpi_rejects_machines_it_cannot_describe() {
     assert!(err.to_string().contains("already used by COM1"), "{err}");
     on_com1.serial = false;
     write_acpi_tables(&mem, &on_com1).unwrap();
+
+    let mut on_ged = machine(1, 1, false);
+    on_ged.virtio_mmio[0].gsi = layout::ACPI_GED_GSI;
+    let err = write_acpi_tables(&mem, &on_ged).unwrap_err();
+    assert!(
+        err.to_string().contains("already used by the ACPI event device"),
+        "{err}"
+    );
+    on_ged.power_button = false;
+    write_acpi_tables(&mem, &on_ged).unwrap();
 }
 
 #[test]
@@ -366,6 +386,15 @@ fn acpi_iasl_disassembles_the_dsdt() {
         "Name (_HID, EisaId (\"PNP0501\")",
         "IO (Decode16,\n                    0x03F8,             // Range Minimum\n                    0x03F8,             // Range Maximum\n                    0x01,               // Alignment\n                    0x08,               // Length",
         "0x00000004,",
+        "Device (PWRB)",
+        "Name (_HID, EisaId (\"PNP0C0C\") /* Power Button Device */)",
+        "Device (GED0)",
+        "Name (_HID, \"ACPI0013\" /* Generic Event Device */)",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000017,",
+        "OperationRegion (GDST, SystemIO, 0x0603, One)",
+        "Field (GDST, ByteAcc, NoLock, Preserve)\n            {\n                GSTS,   8\n            }",
+        "Method (_EVT, 1, Serialized)",
+        "Local0 = GSTS /* \\_SB_.GED0.GSTS */\n                If (((Local0 & One) == One))\n                {\n                    Notify (\\_SB.PWRB, 0x80)",
     ] {
         assert!(dsl.contains(expected), "DSDT disassembly lacks {expected:?}:\n{dsl}");
     }
@@ -409,6 +438,60 @@ fn acpi_acpiexec_powers_off_through_the_sleep_registers_and_decodes_resources() 
         assert!(log.contains(expected), "acpiexec output lacks {expected:?}:\n{log}");
     }
     for unexpected in ["AE_NOT_EXIST", "AE_NOT_FOUND, While", "ACPI Error"] {
+        assert!(
+            !log.contains(unexpected),
+            "acpiexec reported {unexpected:?}:\n{log}"
+        );
+    }
+}
+
+/// The GED's `_EVT` as ACPICA runs it: with the status register clear it notifies nothing; with
+/// the power-button bit set (an SSDT written for the test stores it, as acpiexec simulates I/O
+/// ports with memory) it sends `Notify (PWRB, 0x80)`, which Linux's button driver turns into
+/// KEY_POWER. Also checks the interrupt acpiexec decodes from the GED's `_CRS`.
+#[test]
+fn acpi_acpiexec_ged_event_notifies_the_power_button() {
+    let scratch = Scratch::new("ged");
+    let tables = write(&machine(1, 1, true));
+    let fadt = scratch.table_file("facp", &tables.fadt);
+    let dsdt = scratch.table_file("dsdt", &tables.dsdt);
+    let press = r#"DefinitionBlock ("", "SSDT", 2, "VESSEL", "PRESS", 1)
+{
+    External (\_SB.GED0.GSTS, FieldUnitObj)
+    External (\_SB.GED0._EVT, MethodObj)
+    Method (\PRES, 0, Serialized)
+    {
+        \_SB.GED0.GSTS = 1
+        \_SB.GED0._EVT (23)
+    }
+}
+"#;
+    std::fs::write(scratch.0.join("press.asl"), press).unwrap();
+    scratch.run("iasl", &["press.asl"]);
+    let gsi = layout::ACPI_GED_GSI;
+    let commands = format!("execute \\_SB.GED0._EVT {gsi:#x}; execute \\PRES; resources \\_SB.GED0");
+    let log = scratch.run("acpiexec", &["-b", &commands, &fadt, &dsdt, "press.aml"]);
+    let log = squeeze(&log);
+    let (idle, pressed) = log
+        .split_once("Evaluating \\PRES")
+        .unwrap_or_else(|| panic!("acpiexec did not run \\PRES:\n{log}"));
+    assert!(idle.contains("Evaluating \\_SB.GED0._EVT"), "{log}");
+    assert!(
+        !idle.contains("Notify"),
+        "a clear status register notifies nothing:\n{log}"
+    );
+    assert_eq!(
+        pressed.matches("Received a Device Notify on [PWRB]").count(),
+        1,
+        "{log}"
+    );
+    assert!(pressed.contains("Value 0x80 (Status Change)"), "{log}");
+    assert!(
+        pressed.contains("Extended IRQ Resource\nType : ResourceConsumer\nTriggering : Edge"),
+        "{log}"
+    );
+    assert!(pressed.contains(&format!("Dword00 : {gsi:08X}")), "{log}");
+    for unexpected in ["AE_NOT_EXIST", "AE_NOT_FOUND, While", "ACPI Error", "AE_AML"] {
         assert!(
             !log.contains(unexpected),
             "acpiexec reported {unexpected:?}:\n{log}"

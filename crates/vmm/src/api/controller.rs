@@ -351,10 +351,32 @@ impl Controller {
     fn action(&mut self, action: Action) -> Result<Response, ApiError> {
         match action.action_type {
             ActionType::InstanceStart => self.start(),
+            ActionType::PressPowerButton => self.press_power_button(),
             ActionType::SendCtrlAltDel => Err(bad(
-                "SendCtrlAltDel is not supported yet: the VMM has no way to ask the guest to shut down",
+                "SendCtrlAltDel is not supported: the VM has no i8042 keyboard (its ACPI tables declare \
+                 none, so the guest does not look for one); PressPowerButton asks the guest to shut down",
             )),
         }
+    }
+
+    /// Signals a power-button press through the ACPI event device; the guest decides what to do.
+    fn press_power_button(&mut self) -> Result<Response, ApiError> {
+        if self.state() == InstanceState::Paused {
+            return Err(ApiError::new(
+                409,
+                "The VM is paused: resume it so that the guest can act on the power button",
+            ));
+        }
+        let vm = self.started_vm()?;
+        let ged = vm.extras().ged.as_ref().ok_or_else(|| {
+            ApiError::new(
+                500,
+                "This VM was built without the ACPI event device (no power button)",
+            )
+        })?;
+        ged.press_power_button()
+            .map_err(|e| ApiError::new(500, e.to_string()))?;
+        Ok(Response::no_content())
     }
 
     fn start(&mut self) -> Result<Response, ApiError> {
@@ -704,6 +726,9 @@ mod tests {
         assert!(status == 400 && body.contains("does not exist"), "{body}");
         let (_, info) = call(&mut c, "GET", "/", "");
         assert!(info.contains(r#""state":"Not started""#), "{info}");
+        let press = r#"{"action_type": "PressPowerButton"}"#;
+        let (status, body) = call(&mut c, "PUT", "/actions", press);
+        assert!(status == 409 && body.contains("not running"), "{body}");
         c.exit.set(VmExit::PowerOff).unwrap();
         assert_eq!(
             call(
@@ -715,5 +740,7 @@ mod tests {
             .0,
             409
         );
+        let (status, body) = call(&mut c, "PUT", "/actions", press);
+        assert!(status == 409 && body.contains("Exited"), "{body}");
     }
 }

@@ -79,6 +79,9 @@ pub struct Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum ActionType {
     InstanceStart,
+    /// Presses the ACPI power button: the guest is asked to shut down (and may decline).
+    PressPowerButton,
+    /// Refused: there is no i8042 keyboard to send it through.
     SendCtrlAltDel,
 }
 

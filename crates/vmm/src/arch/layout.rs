@@ -64,6 +64,14 @@ pub const ACPI_RESET_PORT: u16 = 0x602;
 pub const ACPI_RESET_VALUE: u8 = 0x0f;
 /// SLP_TYP for S5 (soft off) announced in the DSDT's `\_S5` package.
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+/// The ACPI Generic Event Device (GED, `ACPI0013`): its event-status register (one byte, read
+/// by the DSDT's `_EVT`; reading clears it) and its interrupt. GSI 23 is the IOAPIC's last pin,
+/// free because the virtio GSIs end at `VIRTIO_FIRST_GSI + VIRTIO_MAX_DEVICES - 1` (22) and
+/// COM1 has 4; it is not an ISA IRQ, so only the IOAPIC sees it.
+pub const ACPI_GED_STATUS_PORT: u16 = 0x603;
+pub const ACPI_GED_GSI: u32 = 23;
+const _: () = assert!(VIRTIO_FIRST_GSI + VIRTIO_MAX_DEVICES <= ACPI_GED_GSI);
+const _: () = assert!(ACPI_GED_GSI < kvm_bindings::KVM_IOAPIC_NUM_PINS);
 
 /// The guest-physical window of virtio-mmio device `index` and its interrupt.
 pub fn virtio_mmio_window(index: u32) -> (u64, u32) {
