@@ -156,7 +156,7 @@ pub fn add_virtio_devices(
         let irq = vm.irq_line(gsi)?;
         let transport = Arc::new(Mutex::new(MmioTransport::new(vm.memory().clone(), device, irq)));
         vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, transport.clone())?;
-        vm.add_virtio_transport(transport);
+        vm.add_virtio_transport(base, transport)?;
         windows.push(VirtioMmioWindow {
             base,
             size: VIRTIO_MMIO_SIZE,

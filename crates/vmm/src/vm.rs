@@ -7,15 +7,14 @@ use crate::arch::regs::{self, RegsError, StartMode};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::irq::IrqLine;
 use crate::devices::serial::SerialPort;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::notifier::{DeviceWorkers, QueueEvents};
 use crate::exit::{ExitSender, VmExit};
 use crate::snapshot::state::VcpuState;
 use crate::vcpu::{self, RunControl, VcpuContext};
 use crate::GuestMemory;
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -56,6 +55,8 @@ pub struct Vm {
     exits: ExitSender,
     exit_events: Receiver<VmExit>,
     extras: Extras,
+    /// Devices whose notifications KVM turns into eventfd signals, for their workers.
+    queue_events: Vec<QueueEvents>,
 }
 
 /// What a snapshot needs beyond KVM: the config the VM was built from, COM1 and the virtio
@@ -115,9 +116,7 @@ impl Vm {
             ..Default::default()
         };
         kvm_vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("read KVM's supported CPUID"))?;
+        let supported_cpuid = cpuid::supported(kvm).map_err(kvm_err("read KVM's supported CPUID"))?;
         let vcpus = (0..vcpu_count)
             .map(|id| {
                 kvm_vm
@@ -136,6 +135,7 @@ impl Vm {
             exits,
             exit_events,
             extras: Extras::default(),
+            queue_events: Vec::new(),
         })
     }
 
@@ -168,8 +168,30 @@ impl Vm {
         self.extras.cpuids = cpuids;
     }
 
-    pub fn add_virtio_transport(&mut self, transport: Arc<Mutex<MmioTransport>>) {
-        self.extras.virtio.push(transport);
+    /// Records a transport whose window starts at `base` and has KVM signal its queue
+    /// notifications on eventfds (see `devices::virtio::notifier`). Should KVM refuse, the
+    /// notifications keep reaching the transport through MMIO exits.
+    pub fn add_virtio_transport(
+        &mut self,
+        base: u64,
+        transport: Arc<Mutex<MmioTransport>>,
+    ) -> Result<(), VmError> {
+        self.extras.virtio.push(transport.clone());
+        let device = QueueEvents::new(transport)?;
+        let address = IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);
+        for (index, event) in device.events.iter().enumerate() {
+            if let Err(e) = self.kvm_vm.register_ioevent(event, &address, index as u32) {
+                for (done, registered) in device.events[..index].iter().enumerate() {
+                    let _ = self.kvm_vm.unregister_ioevent(registered, &address, done as u32);
+                }
+                eprintln!(
+                    "vessel-vmm: queue notifications through MMIO exits: KVM refused an ioeventfd: {e}"
+                );
+                return Ok(());
+            }
+        }
+        self.queue_events.push(device);
+        Ok(())
     }
 
     /// The KVM VM, for restoring VM-wide state before the start.
@@ -250,6 +272,7 @@ impl Vm {
             exits: self.exits.clone(),
             control: control.clone(),
         };
+        let workers = DeviceWorkers::spawn(self.queue_events)?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             match vcpu::spawn(id as u8, vcpu, ctx.clone()) {
@@ -263,6 +286,7 @@ impl Vm {
         Ok(RunningVm {
             control,
             threads: Mutex::new(threads),
+            workers: Mutex::new(workers),
             exits: self.exits,
             exit_events: Mutex::new(self.exit_events),
             kvm_vm: self.kvm_vm,
@@ -276,6 +300,7 @@ impl Vm {
 pub struct RunningVm {
     control: Arc<RunControl>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    workers: Mutex<DeviceWorkers>,
     exits: ExitSender,
     exit_events: Mutex<Receiver<VmExit>>,
     // Declared after the threads: guest memory and the VM outlive every vCPU.
@@ -295,13 +320,20 @@ impl RunningVm {
 
     /// Stops every vCPU outside KVM_RUN; returns when all are parked. The guest's kvmclock is
     /// told (KVM_KVMCLOCK_CTRL) so the pause does not look like a soft lockup on resume.
+    /// The device workers are held too, once no vCPU can notify them any more.
     pub fn pause(&self) {
         let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         self.control.pause(&threads);
+        self.workers().pause();
     }
 
     pub fn resume(&self) {
+        self.workers().resume();
         self.control.resume();
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, DeviceWorkers> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where an outside party (the API, a test) can end the run.
@@ -325,7 +357,9 @@ impl RunningVm {
     /// Pauses the VM and has every vCPU save its state (for a snapshot).
     pub fn pause_and_capture(&self, msr_list: Vec<u32>) -> Vec<Result<VcpuState, String>> {
         let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        self.control.pause_and_capture(&threads, msr_list)
+        let states = self.control.pause_and_capture(&threads, msr_list);
+        self.workers().pause();
+        states
     }
 
     /// Blocks until the first exit event, then stops the vCPUs and returns that event.
@@ -338,16 +372,20 @@ impl RunningVm {
                 error: "no vCPU left".into(),
             })
         };
+        self.stop();
+        exit
+    }
+
+    fn stop(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         self.control.stop_all(threads);
-        exit
+        self.workers().stop();
     }
 }
 
 impl Drop for RunningVm {
     /// A handle dropped without `wait` must still stop its vCPUs before guest memory goes.
     fn drop(&mut self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        self.control.stop_all(threads);
+        self.stop();
     }
 }

@@ -13,6 +13,7 @@ const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 /// x2APIC topology level types (CPUID 0xb ECX[15:8]).
 const LEVEL_SMT: u32 = 1;
@@ -22,6 +23,21 @@ const LEVEL_CORE: u32 = 2;
 pub enum CpuidError {
     #[error("Cannot build the CPUID table: {0}")]
     Build(String),
+}
+
+/// What this host's KVM can give a guest. KVM leaves the TSC-deadline timer out of its table
+/// even when its in-kernel LAPIC emulates it (the capability says so); without the bit a Linux
+/// guest programs its timer through the LAPIC's one-shot counter, a register write more per tick.
+pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<CpuId, kvm_ioctls::Error> {
+    let mut table = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        for entry in table.as_mut_slice() {
+            if entry.function == LEAF_FEATURES {
+                entry.ecx |= ECX_TSC_DEADLINE;
+            }
+        }
+    }
+    Ok(table)
 }
 
 /// Bits needed to number `count` cores (the APIC-id shift of the core level).

@@ -257,12 +257,10 @@ fn read_state(path: &Path, file: &File) -> Result<MachineState, SnapshotError> {
 
 /// Refuses a snapshot whose guest saw CPU features this host's KVM cannot offer.
 fn check_cpu(kvm: &kvm_ioctls::Kvm, saved: &VcpuState) -> Result<(), SnapshotError> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| StateError::Kvm {
-            what: "read KVM's supported CPUID",
-            source,
-        })?;
+    let supported = crate::arch::cpuid::supported(kvm).map_err(|source| StateError::Kvm {
+        what: "read KVM's supported CPUID",
+        source,
+    })?;
     // Feature leaves only: 1 (ECX/EDX, minus the hypervisor bit the VMM sets), 7.0, 0x8000_0001.
     let find = |entries: &[kvm_bindings::kvm_cpuid_entry2], f: u32| {
         entries

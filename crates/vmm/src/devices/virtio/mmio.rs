@@ -33,7 +33,8 @@ const REG_QUEUE_SEL: u64 = 0x030;
 const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
+/// Where an ioeventfd catches the guest's notifications (the queue index is the data).
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
 const REG_INTERRUPT_STATUS: u64 = 0x060;
 const REG_INTERRUPT_ACK: u64 = 0x064;
 const REG_STATUS: u64 = 0x070;
@@ -249,7 +250,7 @@ impl MmioTransport {
             REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
             REG_DRIVER_FEATURES => self.write_driver_features(value),
             REG_QUEUE_SEL => self.queue_select = value,
-            REG_QUEUE_NOTIFY => self.notify(value),
+            REG_QUEUE_NOTIFY => self.notify_queue(value as usize),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(value),
             REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW..=REG_QUEUE_USED_HIGH
@@ -363,8 +364,13 @@ impl MmioTransport {
         self.interrupt.clear();
     }
 
-    fn notify(&mut self, index: u32) {
-        let index = index as usize;
+    /// How many queues the device has (one QueueNotify value each).
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The guest notified queue `index` (through the register or an ioeventfd).
+    pub fn notify_queue(&mut self, index: usize) {
         if self.active && index < self.queues.len() && self.device.process_queue(index) {
             self.interrupt.signal_used_queue();
         }

@@ -2,8 +2,9 @@
 //!
 //! A device ([`VirtioDevice`]) knows nothing of registers: [`MmioTransport`] holds the virtio-mmio
 //! register file, negotiates features, collects the queue set-up and, on DRIVER_OK, hands the
-//! queues, guest memory and interrupt to the device. Queue notifications are processed
-//! synchronously in the vCPU thread that wrote QueueNotify.
+//! queues, guest memory and interrupt to the device. Queue notifications arrive through
+//! ioeventfds and are processed on a worker thread per device (`notifier`); a QueueNotify
+//! write that reaches the MMIO bus instead is processed in the vCPU thread that made it.
 //!
 //! Building a VM's devices:
 //!
@@ -19,6 +20,7 @@ pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod notifier;
 pub mod rng;
 #[cfg(test)]
 mod testing;
