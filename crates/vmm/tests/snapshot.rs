@@ -107,6 +107,33 @@ fn a_new_process_resumes_the_guest_where_it_stopped() {
     );
 }
 
+#[test]
+fn a_restore_rebuilds_the_virtio_devices_on_the_same_disk() {
+    use vessel_vmm::config::SerialConfig;
+    let dir = Scratch::new("devices");
+    let path = dir.0.join("vm.snap");
+    snapshot_counter(&dir.0, &path, 1);
+    let vm = vessel_vmm::snapshot::restore(&path, SerialConfig::None).unwrap();
+    let types: Vec<u32> = vm
+        .virtio_transports()
+        .iter()
+        .map(|t| t.lock().unwrap().device_type())
+        .collect();
+    assert_eq!(
+        types,
+        [2, 4],
+        "the disk and the entropy device, in their boot order"
+    );
+    // The restored VM reopened the disk and holds its lock, as a booted VM does.
+    let err = vessel_vmm::snapshot::restore(&path, SerialConfig::None)
+        .err()
+        .expect("a second restore while the first VM holds the disk");
+    assert!(err.to_string().contains("in use by another VM"), "{err}");
+    drop(vm);
+    std::fs::remove_file(dir.0.join("disk.img")).unwrap();
+    assert_refused(&path, "disk.img does not exist");
+}
+
 fn assert_refused(path: &Path, needle: &str) {
     let mut child = restore_cmd(path)
         .stdout(Stdio::null())

@@ -306,17 +306,54 @@ pub fn restore(path: &Path, serial: SerialConfig) -> Result<Vm, SnapshotError> {
     let machine = read_state(path, &file)?;
     let kvm = crate::kvm::open().map_err(|e| SnapshotError::Launch(e.into()))?;
     check_cpu(&kvm, &machine.vcpus[0])?;
-    let mem = memory::map_private(&file, &machine.memory)?;
-    let mut vm = Vm::new(&kvm, mem, machine.vcpus.len() as u8)?;
     let config = VmConfig {
         serial,
         ..machine.config
     };
+    // The disks first, as a boot opens them: a missing or locked one fails before anything costly.
+    let disks = launch::open_disks(&config)?;
+    let mem = memory::map_private(&file, &machine.memory)?;
+    let mut vm = Vm::new(&kvm, mem, machine.vcpus.len() as u8)?;
     launch::add_platform_devices(&mut vm, &config, machine.serial.as_ref())?;
+    // The same devices in the same windows as the boot (the ACPI tables in the restored memory
+    // describe them); their saved state goes back once the interrupt controllers are in place.
+    launch::add_virtio_devices(&mut vm, &config, disks)?;
+    if vm.virtio_transports().len() != machine.virtio.len() {
+        return Err(SnapshotError::Devices {
+            path: path.to_owned(),
+            what: format!(
+                "{} virtio devices saved, {} rebuilt",
+                machine.virtio.len(),
+                vm.virtio_transports().len()
+            ),
+        });
+    }
     machine.vm.apply(vm.kvm_vm())?;
     for (vcpu, saved) in vm.vcpus().iter().zip(&machine.vcpus) {
         saved.apply(vcpu)?;
     }
+    // Last: a transport with InterruptStatus bits set raises its (edge-triggered) line again,
+    // which must reach the restored IOAPIC and local APICs rather than be overwritten by them.
+    // It covers an edge KVM had not yet delivered when the VM was paused; a spare one finds
+    // InterruptStatus clear once handled and is ignored by the driver.
+    restore_transports(path, &vm, &machine.virtio)?;
     vm.set_cpuids(machine.vcpus.iter().map(|v| v.cpuid.clone()).collect());
     Ok(vm)
+}
+
+fn restore_transports(path: &Path, vm: &Vm, saved: &[TransportSnapshot]) -> Result<(), SnapshotError> {
+    for (index, (transport, saved)) in vm.virtio_transports().iter().zip(saved).enumerate() {
+        let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+        if !transport.restore(saved) {
+            return Err(SnapshotError::Devices {
+                path: path.to_owned(),
+                what: format!(
+                    "virtio device {index} ({} saved, {} rebuilt) does not take the saved state",
+                    device_name(saved.device_type),
+                    device_name(transport.device_type())
+                ),
+            });
+        }
+    }
+    Ok(())
 }
