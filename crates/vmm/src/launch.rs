@@ -151,7 +151,8 @@ pub fn add_virtio_devices(
         devices.push(Box::new(console));
     }
     let mut windows = Vec::with_capacity(devices.len());
-    for (index, device) in devices.into_iter().enumerate() {
+    for (index, mut device) in devices.into_iter().enumerate() {
+        device.set_pause_gate(vm.pause_gate());
         let (base, gsi) = virtio_mmio_window(index as u32);
         let irq = vm.irq_line(gsi)?;
         let transport = Arc::new(Mutex::new(MmioTransport::new(vm.memory().clone(), device, irq)));

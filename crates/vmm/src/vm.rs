@@ -8,7 +8,7 @@ use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::irq::IrqLine;
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
-use crate::devices::virtio::notifier::{DeviceWorkers, QueueEvents};
+use crate::devices::virtio::notifier::{DeviceWorkers, PauseGate, QueueEvents};
 use crate::exit::{ExitSender, VmExit};
 use crate::snapshot::state::VcpuState;
 use crate::vcpu::{self, RunControl, VcpuContext};
@@ -57,6 +57,8 @@ pub struct Vm {
     extras: Extras,
     /// Devices whose notifications KVM turns into eventfd signals, for their workers.
     queue_events: Vec<QueueEvents>,
+    /// Held by every device thread; closed while the VM is paused.
+    pause_gate: Arc<PauseGate>,
 }
 
 /// What a snapshot needs beyond KVM: the config the VM was built from, COM1 and the virtio
@@ -136,7 +138,13 @@ impl Vm {
             exit_events,
             extras: Extras::default(),
             queue_events: Vec::new(),
+            pause_gate: Arc::default(),
         })
+    }
+
+    /// The gate device threads of this VM hold around their work (see `notifier::PauseGate`).
+    pub fn pause_gate(&self) -> Arc<PauseGate> {
+        self.pause_gate.clone()
     }
 
     pub fn memory(&self) -> &GuestMemory {
@@ -272,7 +280,7 @@ impl Vm {
             exits: self.exits.clone(),
             control: control.clone(),
         };
-        let workers = DeviceWorkers::spawn(self.queue_events)?;
+        let workers = DeviceWorkers::spawn(self.queue_events, self.pause_gate.clone())?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             match vcpu::spawn(id as u8, vcpu, ctx.clone()) {
@@ -287,6 +295,7 @@ impl Vm {
             control,
             threads: Mutex::new(threads),
             workers: Mutex::new(workers),
+            pause_gate: self.pause_gate,
             exits: self.exits,
             exit_events: Mutex::new(self.exit_events),
             kvm_vm: self.kvm_vm,
@@ -301,6 +310,7 @@ pub struct RunningVm {
     control: Arc<RunControl>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     workers: Mutex<DeviceWorkers>,
+    pause_gate: Arc<PauseGate>,
     exits: ExitSender,
     exit_events: Mutex<Receiver<VmExit>>,
     // Declared after the threads: guest memory and the VM outlive every vCPU.
@@ -320,15 +330,15 @@ impl RunningVm {
 
     /// Stops every vCPU outside KVM_RUN; returns when all are parked. The guest's kvmclock is
     /// told (KVM_KVMCLOCK_CTRL) so the pause does not look like a soft lockup on resume.
-    /// The device workers are held too, once no vCPU can notify them any more.
+    /// Device threads are held too, once no vCPU can notify them any more.
     pub fn pause(&self) {
         let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         self.control.pause(&threads);
-        self.workers().pause();
+        self.pause_gate.pause();
     }
 
     pub fn resume(&self) {
-        self.workers().resume();
+        self.pause_gate.resume();
         self.control.resume();
     }
 
@@ -358,7 +368,7 @@ impl RunningVm {
     pub fn pause_and_capture(&self, msr_list: Vec<u32>) -> Vec<Result<VcpuState, String>> {
         let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         let states = self.control.pause_and_capture(&threads, msr_list);
-        self.workers().pause();
+        self.pause_gate.pause();
         states
     }
 

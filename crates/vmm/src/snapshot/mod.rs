@@ -7,10 +7,11 @@
 //! 4096   guest memory, each RAM range back to back (holes where the guest had zeros)
 //! ...    state (JSON)
 //! ```
-//! Virtio block and rng devices are saved (transport registers and queue positions: their
-//! requests complete within a vCPU exit, so a paused VM has none in flight); devices with
-//! backend threads (net, vsock, console) are not yet, and the VMM refuses rather than write a
-//! snapshot that would not resume. Disks are not copied: restore reopens the same files.
+//! Virtio block, rng and net devices are saved (transport registers and queue positions: a paused
+//! VM's device threads are held outside their work, so none is in flight); vsock and the console
+//! (host connections, buffered input) are not yet, and the VMM refuses rather than write a
+//! snapshot that would not resume. Disks are not copied: restore reopens the same files; a NIC
+//! reopens (or recreates) its tap by name.
 
 pub mod memory;
 pub mod state;
@@ -39,7 +40,7 @@ const HEADER_SIGNED: usize = 88;
 pub enum SnapshotError {
     #[error("Cannot snapshot this VM: it was not built from a VM config")]
     NoConfig,
-    #[error("Cannot snapshot a VM with a virtio {0} device yet: its backend's state is not saved (block and rng devices are)")]
+    #[error("Cannot snapshot a VM with a virtio {0} device yet: its backend's state is not saved (block, rng and net devices are)")]
     VirtioDevice(&'static str),
     #[error("Snapshot {path} does not match the devices rebuilt from its config: {what}")]
     Devices { path: PathBuf, what: String },

@@ -86,6 +86,9 @@ pub trait VirtioDevice: Send {
     /// The driver accepted `features` (FEATURES_OK); devices whose backend depends on them
     /// (a tap's offloads) take note here.
     fn ack_features(&mut self, _features: u64) {}
+    /// The VM's pause gate, for devices with threads of their own that touch guest memory: they
+    /// hold it around their work so a paused VM stands still (see `notifier::PauseGate`).
+    fn set_pause_gate(&mut self, _gate: Arc<notifier::PauseGate>) {}
     /// For a snapshot: the queues the device holds while active (empty while inactive), or
     /// `None` if its state cannot be saved yet (backend threads, host connections).
     fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {

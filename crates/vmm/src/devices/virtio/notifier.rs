@@ -6,8 +6,9 @@
 //! once and the device's worker does the work in parallel. The vCPU path stays as the fallback
 //! (a write KVM does not match still reaches the transport through the MMIO bus).
 //!
-//! The workers are quiesced with the vCPUs ([`DeviceWorkers::pause`]) so a paused VM's memory
-//! and queues stand still for a snapshot. A notification that arrives while paused waits in its
+//! The workers are quiesced with the vCPUs through the VM's [`PauseGate`], which device threads
+//! of their own (a NIC's receive thread) hold too, so a paused VM's memory and queues stand still
+//! for a snapshot. A notification that arrives while paused waits in its
 //! eventfd; one taken by a snapshot is replayed on restore because a worker processes every
 //! queue of its device once when it starts (harmless when nothing is pending).
 
@@ -35,9 +36,11 @@ impl QueueEvents {
     }
 }
 
-/// Pause and stop requests shared by the workers, and how many are inside a device right now.
+/// Pause and stop requests shared by every thread that works on a VM's devices (queue workers,
+/// receive threads), and how many are inside a device right now. A thread holds the gate
+/// (`enter` .. `leave`) around each round of work that touches guest memory or queues.
 #[derive(Default)]
-struct Gate {
+pub struct PauseGate {
     state: Mutex<GateState>,
     changed: Condvar,
 }
@@ -49,13 +52,13 @@ struct GateState {
     busy: usize,
 }
 
-impl Gate {
+impl PauseGate {
     fn state(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits out a pause; false when the workers are to stop.
-    fn enter(&self) -> bool {
+    /// Waits out a pause; false when the VM's device threads are to stop.
+    pub fn enter(&self) -> bool {
         let mut state = self.state();
         while state.paused && !state.stopping {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -67,7 +70,7 @@ impl Gate {
         true
     }
 
-    fn leave(&self) {
+    pub fn leave(&self) {
         let mut state = self.state();
         state.busy -= 1;
         if state.busy == 0 {
@@ -75,7 +78,8 @@ impl Gate {
         }
     }
 
-    fn pause(&self) {
+    /// Returns once no thread is inside a device, and keeps them out until `resume`.
+    pub fn pause(&self) {
         let mut state = self.state();
         state.paused = true;
         while state.busy > 0 {
@@ -83,12 +87,13 @@ impl Gate {
         }
     }
 
-    fn resume(&self) {
+    pub fn resume(&self) {
         self.state().paused = false;
         self.changed.notify_all();
     }
 
-    fn stop(&self) {
+    /// Turns every thread away for good (the VM is ending).
+    pub fn stop(&self) {
         self.state().stopping = true;
         self.changed.notify_all();
     }
@@ -96,17 +101,17 @@ impl Gate {
 
 /// The running workers of a VM's devices.
 pub struct DeviceWorkers {
-    gate: Arc<Gate>,
+    gate: Arc<PauseGate>,
     /// Written to wake every worker out of poll(2) when stopping.
     wake: Arc<EventFd>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl DeviceWorkers {
-    /// Starts one worker per device in `devices`.
-    pub fn spawn(devices: Vec<QueueEvents>) -> io::Result<Self> {
+    /// Starts one worker per device in `devices`, held by `gate`.
+    pub fn spawn(devices: Vec<QueueEvents>, gate: Arc<PauseGate>) -> io::Result<Self> {
         let mut workers = Self {
-            gate: Arc::default(),
+            gate,
             wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             threads: Vec::with_capacity(devices.len()),
         };
@@ -118,15 +123,6 @@ impl DeviceWorkers {
             workers.threads.push(thread);
         }
         Ok(workers)
-    }
-
-    /// Returns once no worker is inside a device, and keeps them out until `resume`.
-    pub fn pause(&self) {
-        self.gate.pause();
-    }
-
-    pub fn resume(&self) {
-        self.gate.resume();
     }
 
     /// Stops and joins every worker.
@@ -150,7 +146,7 @@ fn lock(transport: &Mutex<MmioTransport>) -> MutexGuard<'_, MmioTransport> {
 }
 
 /// A worker: wait for any queue's eventfd (or the wake-up), then process that queue.
-fn work(device: QueueEvents, gate: &Gate, wake: &EventFd) {
+fn work(device: QueueEvents, gate: &PauseGate, wake: &EventFd) {
     let process = |queue: usize| {
         if !gate.enter() {
             return false;
@@ -207,7 +203,7 @@ mod tests {
 
     #[test]
     fn pause_waits_for_busy_workers_and_holds_new_ones() {
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(PauseGate::default());
         assert!(gate.enter());
         let pauser = {
             let gate = gate.clone();

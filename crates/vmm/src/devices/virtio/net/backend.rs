@@ -1,8 +1,9 @@
 //! The receive side: one thread per NIC moves frames from the tap into the guest's buffers.
 //!
-//! The thread owns the receive queue outright, so it and the vCPUs share no queue state and take
-//! no lock: the vCPU side only writes two eventfds, `kick` (the guest posted buffers) and `stop`
-//! (reset or drop; the thread is joined before the queue's memory goes away).
+//! The receive queue is the thread's: the device side only writes two eventfds, `kick` (the guest
+//! posted buffers) and `stop` (reset or drop; the thread is joined before the queue's memory goes
+//! away), and reads the queue's position for a snapshot. The thread locks the queue (uncontended)
+//! and holds the VM's pause gate for each round of filling, so a paused VM stands still.
 //!
 //! The thread polls the tap only while the guest has buffers. When they run out it keeps the frame
 //! in hand, asks the guest for a notification and waits for the kick; frames arriving meanwhile
@@ -10,18 +11,19 @@
 
 use super::tap::Tap;
 use super::{ETH_HLEN, MAX_PACKET, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
+use crate::devices::virtio::notifier::PauseGate;
 use crate::devices::virtio::VirtioInterrupt;
 use crate::GuestMemory;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
 };
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
@@ -61,6 +63,11 @@ impl RxQueue {
             added: false,
         }
     }
+
+    /// The queue's position and set-up, for a snapshot.
+    pub fn queue_state(&self) -> QueueState {
+        self.queue.state()
+    }
 }
 
 /// The running receive thread; dropping it stops and joins the thread.
@@ -72,7 +79,7 @@ pub(super) struct Backend {
 }
 
 impl Backend {
-    pub fn spawn(tap: Arc<Tap>, rx: RxQueue) -> io::Result<Self> {
+    pub fn spawn(tap: Arc<Tap>, rx: Arc<Mutex<RxQueue>>, gate: Arc<PauseGate>) -> io::Result<Self> {
         let kick = Arc::new(EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?);
         let stop = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
         let epoll = Epoll::new()?;
@@ -85,6 +92,7 @@ impl Backend {
         let worker = Worker {
             tap,
             rx,
+            gate,
             epoll,
             kick: kick.clone(),
             buf: vec![0; MAX_PACKET],
@@ -140,7 +148,8 @@ enum Delivery {
 
 struct Worker {
     tap: Arc<Tap>,
-    rx: RxQueue,
+    rx: Arc<Mutex<RxQueue>>,
+    gate: Arc<PauseGate>,
     epoll: Epoll,
     kick: Arc<EventFd>,
     buf: Vec<u8>,
@@ -155,7 +164,12 @@ impl Worker {
     fn run(mut self) {
         let mut events = [EpollEvent::default(); 4];
         loop {
+            // A closed gate means the VM is ending: its memory must not be touched any more.
+            if !self.gate.enter() {
+                return;
+            }
             let wait = self.fill();
+            self.gate.leave();
             self.poll_tap(matches!(wait, Wait::Tap) && !self.tap_broken);
             let timeout = if matches!(wait, Wait::Nothing) { 0 } else { -1 };
             let n = match self.epoll.wait(timeout, &mut events) {
@@ -204,15 +218,19 @@ impl Worker {
     /// Moves frames from the tap into the guest's buffers until one runs out, then interrupts
     /// the guest if it asked to be.
     fn fill(&mut self) -> Wait {
-        if !self.rx.queue.ready() {
+        let shared = self.rx.clone();
+        let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+        // A plain reference, so the queue and the memory it reads can be borrowed apart.
+        let rx = &mut *guard;
+        if !rx.queue.ready() {
             return Wait::Kick;
         }
-        let _ = self.rx.queue.disable_notification(&self.rx.mem);
+        let _ = rx.queue.disable_notification(&rx.mem);
         let mut wait = Wait::Nothing;
         for _ in 0..BUDGET {
             let len = match self.pending.take() {
                 Some(len) => len,
-                None => match self.read_frame() {
+                None => match self.read_frame(rx) {
                     Some(len) => len,
                     None => {
                         wait = if self.tap_broken { Wait::Kick } else { Wait::Tap };
@@ -220,27 +238,25 @@ impl Worker {
                     }
                 },
             };
-            match self.rx.deliver(&mut self.buf[..len]) {
+            match rx.deliver(&mut self.buf[..len]) {
                 Delivery::Done | Delivery::Dropped => {}
                 Delivery::NoBuffers { seen } => {
                     self.pending = Some(len);
-                    if !self.rx.rearm(seen) {
+                    if !rx.rearm(seen) {
                         wait = Wait::Kick;
                         break;
                     }
                 }
             }
         }
-        if std::mem::take(&mut self.rx.added)
-            && self.rx.queue.needs_notification(&self.rx.mem).unwrap_or(true)
-        {
-            self.rx.interrupt.signal_used_queue();
+        if std::mem::take(&mut rx.added) && rx.queue.needs_notification(&rx.mem).unwrap_or(true) {
+            rx.interrupt.signal_used_queue();
         }
         wait
     }
 
     /// Reads the next frame the guest may take into `buf`; None when the tap has none (or failed).
-    fn read_frame(&mut self) -> Option<usize> {
+    fn read_frame(&mut self, rx: &RxQueue) -> Option<usize> {
         loop {
             if self.tap_broken {
                 return None;
@@ -255,7 +271,7 @@ impl Worker {
                     return None;
                 }
             };
-            if len >= VNET_HDR_LEN + ETH_HLEN && self.rx.accepts(&mut self.buf[..VNET_HDR_LEN]) {
+            if len >= VNET_HDR_LEN + ETH_HLEN && rx.accepts(&mut self.buf[..VNET_HDR_LEN]) {
                 return Some(len);
             }
         }

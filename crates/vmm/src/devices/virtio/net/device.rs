@@ -3,6 +3,7 @@
 use super::backend::{Backend, RxQueue};
 use super::tap::{NetError, Tap};
 use super::{ETH_HLEN, MAX_PACKET, TYPE_NET, VNET_HDR_LEN};
+use crate::devices::virtio::notifier::PauseGate;
 use crate::devices::virtio::{
     check_queue_count, drain_queue, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt,
     BASE_FEATURES,
@@ -11,13 +12,13 @@ use crate::GuestMemory;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{DescriptorChain, Queue, Reader};
+use virtio_queue::{DescriptorChain, Queue, QueueState, Reader};
 
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
@@ -45,11 +46,15 @@ pub struct Net {
     active: Option<Active>,
     /// The bounce buffer transmitted frames move through.
     tx_buf: Vec<u8>,
+    /// Held by the receive thread around each round; closed while the VM is paused.
+    gate: Arc<PauseGate>,
 }
 
 struct Active {
     mem: GuestMemory,
     tx: Queue,
+    /// Shared with the receive thread, which locks it for each round of filling buffers.
+    rx_queue: Arc<Mutex<RxQueue>>,
     /// None only if the thread could not be started; receive is then dead until a reset.
     rx: Option<Backend>,
 }
@@ -70,6 +75,7 @@ impl Net {
             acked: 0,
             active: None,
             tx_buf: Vec::new(),
+            gate: Arc::default(),
         }
     }
 
@@ -133,8 +139,8 @@ impl VirtioDevice for Net {
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Ok(());
         };
-        let rx = RxQueue::new(mem.clone(), rx, interrupt, self.acked);
-        let rx = match Backend::spawn(self.tap.clone(), rx) {
+        let rx_queue = Arc::new(Mutex::new(RxQueue::new(mem.clone(), rx, interrupt, self.acked)));
+        let rx = match Backend::spawn(self.tap.clone(), rx_queue.clone(), self.gate.clone()) {
             Ok(backend) => Some(backend),
             Err(e) => {
                 // Only resource exhaustion gets here; the guest still transmits.
@@ -142,7 +148,12 @@ impl VirtioDevice for Net {
                 None
             }
         };
-        self.active = Some(Active { mem, tx, rx });
+        self.active = Some(Active {
+            mem,
+            tx,
+            rx_queue,
+            rx,
+        });
         Ok(())
     }
 
@@ -172,6 +183,25 @@ impl VirtioDevice for Net {
         // Dropping the backend stops and joins its thread; the tap stays open for the next driver.
         self.active = None;
         self.acked = 0;
+    }
+
+    fn set_pause_gate(&mut self, gate: Arc<PauseGate>) {
+        self.gate = gate;
+    }
+
+    /// Both queues' positions. Called with the VM paused, so the receive thread is outside its
+    /// round; a frame it had read but not yet placed (waiting for buffers) is not saved: the guest
+    /// sees it as lost on the wire, which TCP and every other protocol on Ethernet survive.
+    fn saved_queues(&self) -> Option<Vec<QueueState>> {
+        let Some(active) = &self.active else {
+            return Some(Vec::new());
+        };
+        let rx = active
+            .rx_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue_state();
+        Some(vec![rx, active.tx.state()])
     }
 }
 

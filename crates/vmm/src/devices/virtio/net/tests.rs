@@ -716,3 +716,66 @@ fn two_nics_are_independent() {
         assert!(thread_running("net-vnicb"));
     });
 }
+
+#[test]
+fn a_paused_vm_receives_nothing_and_a_saved_nic_resumes_on_a_new_tap() {
+    use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::notifier::PauseGate;
+    use std::sync::Arc;
+    in_netns(|| {
+        let mem = memory();
+        let gate = Arc::new(PauseGate::default());
+        let mut net = Net::new("vsnap0", Some(GUEST_MAC)).unwrap();
+        net.set_pause_gate(gate.clone());
+        net.ack_features(BASE_FEATURES);
+        let mut driver = Driver::new(&mem, Box::new(net));
+        assert_eq!(driver.init(BASE_FEATURES, 2) & 0x4, 0x4, "DRIVER_OK set");
+        host_side("vsnap0", 0, GUEST_MAC);
+        post_rx(&mut driver, 0, 4, 2048);
+        let socket = host_socket(5010);
+
+        // Paused: the frame waits in the tap, the guest's memory does not change.
+        gate.pause();
+        socket.send_to(b"while paused", (GUEST_IP, 7010)).unwrap();
+        thread::sleep(Duration::from_millis(150));
+        assert!(
+            driver.used(RXQ).is_empty(),
+            "a paused VM's NIC wrote a frame into guest memory"
+        );
+        let saved = driver.transport.save().expect("a NIC's state can be saved");
+        assert!(saved.active);
+        assert_eq!(
+            (saved.queues[RXQ].next_avail, saved.queues[RXQ].next_used),
+            (0, 0)
+        );
+        gate.resume();
+        wait_for("the frame held over the pause", || {
+            let used = driver.used(RXQ);
+            (0..used.len()).any(|i| udp_dport(&received(&driver, i, rx_page).frame) == Some(7010))
+        });
+
+        // Saved after the delivery, then the device (and its tap) is gone and a new one takes over.
+        let delivered = driver.used(RXQ).len() as u16;
+        let saved = driver.transport.save().unwrap();
+        assert_eq!(saved.queues[RXQ].next_used, delivered);
+        let irq = driver.irq.clone();
+        driver.transport = MmioTransport::new(
+            mem.clone(),
+            Box::new(crate::devices::virtio::Rng::new()),
+            irq.clone(),
+        );
+        wait_for("the old tap to vanish", || !interface_exists("vsnap0"));
+        let mut net = Net::new("vsnap0", Some(GUEST_MAC)).unwrap();
+        net.set_pause_gate(gate.clone());
+        driver.transport = MmioTransport::new(mem.clone(), Box::new(net), irq);
+        assert!(driver.transport.restore(&saved), "the saved state fits a new NIC");
+        host_side("vsnap0", 0, GUEST_MAC);
+        // The buffers the guest posted before the snapshot and never got back are used next.
+        socket.send_to(b"after restore", (GUEST_IP, 7011)).unwrap();
+        wait_for("a frame after the restore", || {
+            let used = driver.used(RXQ);
+            (delivered as usize..used.len())
+                .any(|i| udp_dport(&received(&driver, i, rx_page).frame) == Some(7011))
+        });
+    });
+}
