@@ -32,12 +32,14 @@ fn snapshot_counter(dir: &Path, path: &Path, cpus: u16) -> u8 {
     )
     .unwrap();
     let log = dir.join("before.log");
-    // A disk and the entropy device too: their (idle) virtio state is saved and restored.
+    // A disk, the entropy device and vsock too: their (idle) virtio state is saved and restored,
+    // and the restored process listens on the same vsock socket once the first one is gone.
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let config: vessel_vmm::config::VmConfig = serde_json::from_value(serde_json::json!({
         "kernel": kernel, "memory_mib": 256, "cpus": cpus, "rng": true,
         "disks": [{"path": disk}],
+        "vsock": {"guest_cid": 3, "uds_path": dir.join("v.sock")},
         "serial": format!("file:{}", log.display()), "pvm_guest_kernel": true,
     }))
     .unwrap();
@@ -121,8 +123,8 @@ fn a_restore_rebuilds_the_virtio_devices_on_the_same_disk() {
         .collect();
     assert_eq!(
         types,
-        [2, 4],
-        "the disk and the entropy device, in their boot order"
+        [2, 19, 4],
+        "the disk, vsock and the entropy device, in their boot order"
     );
     // The restored VM reopened the disk and holds its lock, as a booted VM does.
     let err = vessel_vmm::snapshot::restore(&path, SerialConfig::None)

@@ -198,6 +198,9 @@ impl MmioTransport {
             return false;
         }
         self.interrupt.restore_status(saved.interrupt_status);
+        if saved.active {
+            self.device.restored();
+        }
         true
     }
 

@@ -89,6 +89,9 @@ pub trait VirtioDevice: Send {
     /// The VM's pause gate, for devices with threads of their own that touch guest memory: they
     /// hold it around their work so a paused VM stands still (see `notifier::PauseGate`).
     fn set_pause_gate(&mut self, _gate: Arc<notifier::PauseGate>) {}
+    /// The device was activated from a snapshot's state in a new process: tell the guest about
+    /// anything the snapshot could not carry (vsock's host connections).
+    fn restored(&mut self) {}
     /// For a snapshot: the queues the device holds while active (empty while inactive), or
     /// `None` if its state cannot be saved yet (backend threads, host connections).
     fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {

@@ -1,9 +1,10 @@
-//! The host side's thread. Queue notifications are handled on vCPU threads, but host sockets
+//! The host side's thread. Queue notifications are handled by the device's worker, but host sockets
 //! become readable on their own time: this thread waits on the listener and every host socket
 //! with epoll and moves what they have into the guest's rx buffers, interrupting the guest.
 //! It runs while the device is active; reset and drop stop it through an eventfd.
 
 use super::muxer::{lock, Muxer, TOKEN_LISTENER, TOKEN_STOP};
+use crate::devices::virtio::notifier::PauseGate;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
@@ -41,7 +42,12 @@ impl Backend {
     }
 
     /// Starts the thread (stopping one already running).
-    pub fn start(&mut self, muxer: Arc<Mutex<Muxer>>, uds_path: PathBuf) -> io::Result<()> {
+    pub fn start(
+        &mut self,
+        muxer: Arc<Mutex<Muxer>>,
+        uds_path: PathBuf,
+        gate: Arc<PauseGate>,
+    ) -> io::Result<()> {
         self.stop();
         let epoll = self.epoll.clone();
         let running = self.running.clone();
@@ -49,7 +55,7 @@ impl Backend {
         let spawned = std::thread::Builder::new()
             .name("vsock-backend".into())
             .spawn(move || {
-                if let Err(e) = run(&muxer, &epoll) {
+                if let Err(e) = run(&muxer, &epoll, &gate) {
                     eprintln!("vessel-vmm: vsock {}: event loop failed: {e}", uds_path.display());
                 }
                 running.store(false, Ordering::SeqCst);
@@ -90,8 +96,9 @@ impl Drop for Backend {
     }
 }
 
-/// Waits, handles what epoll reports under the lock, expires deadlines, fills rx buffers.
-fn run(muxer: &Mutex<Muxer>, epoll: &Epoll) -> io::Result<()> {
+/// Waits, handles what epoll reports under the lock, expires deadlines, fills rx buffers; all of
+/// it inside the VM's pause gate (a closed gate means the VM is ending).
+fn run(muxer: &Mutex<Muxer>, epoll: &Epoll, gate: &PauseGate) -> io::Result<()> {
     let mut events = vec![EpollEvent::default(); EVENTS_PER_WAIT];
     loop {
         let timeout = lock(muxer).timeout_ms(Instant::now());
@@ -100,18 +107,30 @@ fn run(muxer: &Mutex<Muxer>, epoll: &Epoll) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let mut muxer = lock(muxer);
-        for event in &events[..count] {
-            let set = EventSet::from_bits_truncate(event.events());
-            match event.data() {
-                TOKEN_STOP => return Ok(()),
-                TOKEN_LISTENER => muxer.accept(),
-                token => muxer.host_event(token, set),
-            }
+        if !gate.enter() {
+            return Ok(());
         }
-        muxer.expire(Instant::now());
-        if muxer.process(false) {
-            muxer.signal();
+        let stop = handle(&mut lock(muxer), &events[..count]);
+        gate.leave();
+        if stop {
+            return Ok(());
         }
     }
+}
+
+/// One round of the loop; true when the thread is asked to stop.
+fn handle(muxer: &mut Muxer, events: &[EpollEvent]) -> bool {
+    for event in events {
+        let set = EventSet::from_bits_truncate(event.events());
+        match event.data() {
+            TOKEN_STOP => return true,
+            TOKEN_LISTENER => muxer.accept(),
+            token => muxer.host_event(token, set),
+        }
+    }
+    muxer.expire(Instant::now());
+    if muxer.process(false) {
+        muxer.signal();
+    }
+    false
 }

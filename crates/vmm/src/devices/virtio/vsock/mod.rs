@@ -7,9 +7,11 @@
 //! - guest → host: a guest connection to CID 2 port P is connected to the unix socket
 //!   `PATH_P`, where a host program listens; if none does, the guest gets a reset.
 //!
-//! Queues are processed on the vCPU thread that notifies them; host sockets are watched by one
+//! Queues are processed on the device's notification worker; host sockets are watched by one
 //! backend thread (`backend.rs`) that runs while the device is active. Both work on the muxer
-//! (`muxer.rs`, `host.rs`) behind one mutex. Credit flow control holds both ways: the guest may
+//! (`muxer.rs`, `host.rs`) behind one mutex. A snapshot keeps the queues' positions only: host
+//! connections belong to the process, so a restored device sends the guest a transport reset
+//! and the guest drops the connections it had. Credit flow control holds both ways: the guest may
 //! have at most 256 KiB per connection not yet taken by the host, and the device sends the
 //! guest no more than the buffer space it advertises.
 
@@ -20,6 +22,7 @@ mod muxer;
 mod packet;
 mod socket;
 
+use super::notifier::PauseGate;
 use super::{read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, BASE_FEATURES};
 use crate::GuestMemory;
 use backend::Backend;
@@ -29,7 +32,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// Device type id (virtio 1.2 §5.10).
@@ -49,7 +52,7 @@ pub const GUEST_CIDS: std::ops::Range<u64> = 3..u32::MAX as u64;
 pub enum VsockError {
     #[error("vsock guest CID {0} is reserved or too large: it must be between 3 and 4294967294")]
     InvalidCid(u64),
-    #[error("vsock socket {} already exists (a crashed VMM leaves it): remove it if unused", path.display())]
+    #[error("vsock socket {} is in use: another process listens on it, or the path is not a socket", path.display())]
     InUse { path: PathBuf },
     #[error("cannot listen on the vsock socket {}: {source}", path.display())]
     Bind { path: PathBuf, source: io::Error },
@@ -64,6 +67,8 @@ pub struct Vsock {
     uds_path: PathBuf,
     muxer: Arc<Mutex<Muxer>>,
     backend: Backend,
+    /// Held by the backend thread around its work; closed while the VM is paused.
+    gate: Arc<PauseGate>,
 }
 
 impl Vsock {
@@ -74,7 +79,16 @@ impl Vsock {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         let path = uds_path.as_ref().to_path_buf();
-        let listener = UnixListener::bind(&path).map_err(|source| match source.kind() {
+        let bind = || UnixListener::bind(&path);
+        let listener = match bind() {
+            // A socket nobody listens on is a dead VMM's (killed, or restored elsewhere): reuse it.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_stale_socket(&path) => {
+                let _ = std::fs::remove_file(&path);
+                bind()
+            }
+            other => other,
+        }
+        .map_err(|source| match source.kind() {
             io::ErrorKind::AddrInUse => VsockError::InUse { path: path.clone() },
             _ => VsockError::Bind {
                 path: path.clone(),
@@ -103,6 +117,7 @@ impl Vsock {
             uds_path: path,
             muxer: Arc::new(Mutex::new(muxer)),
             backend,
+            gate: Arc::default(),
         })
     }
 
@@ -126,6 +141,15 @@ impl Vsock {
     fn set_handshake_timeout(&self, timeout: std::time::Duration) {
         lock(&self.muxer).handshake_timeout = timeout;
     }
+}
+
+/// Whether `path` is a unix socket that refuses connections (its listener is gone).
+fn is_stale_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    is_socket
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
 impl Drop for Vsock {
@@ -171,10 +195,13 @@ impl VirtioDevice for Vsock {
             mem,
             rx,
             tx,
-            _event: event,
+            event,
             interrupt,
         });
-        if let Err(e) = self.backend.start(self.muxer.clone(), self.uds_path.clone()) {
+        if let Err(e) = self
+            .backend
+            .start(self.muxer.clone(), self.uds_path.clone(), self.gate.clone())
+        {
             // ActivateError has no case for this; the guest keeps a device whose host side is
             // deaf (guest-initiated connections still reach the host, but replies do not).
             eprintln!(
@@ -198,6 +225,22 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.deactivate();
+    }
+
+    fn set_pause_gate(&mut self, gate: Arc<PauseGate>) {
+        self.gate = gate;
+    }
+
+    /// The three queues' positions (connections are not saved: see the module's comment).
+    fn saved_queues(&self) -> Option<Vec<QueueState>> {
+        let muxer = lock(&self.muxer);
+        Some(muxer.active.as_ref().map_or_else(Vec::new, |active| {
+            vec![active.rx.state(), active.tx.state(), active.event.state()]
+        }))
+    }
+
+    fn restored(&mut self) {
+        lock(&self.muxer).send_transport_reset();
     }
 }
 

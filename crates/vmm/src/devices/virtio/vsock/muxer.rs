@@ -22,7 +22,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// epoll tokens; host sockets get the ones after these, never reused.
@@ -44,8 +44,8 @@ pub struct Active {
     pub mem: GuestMemory,
     pub rx: Queue,
     pub tx: Queue,
-    /// Only ever holds the guest's buffers: no event (transport reset) is ever sent.
-    pub _event: Queue,
+    /// The guest's event buffers; the only event sent is a transport reset after a restore.
+    pub event: Queue,
     pub interrupt: VirtioInterrupt,
 }
 
@@ -138,6 +138,30 @@ impl Muxer {
         if let Some(active) = &self.active {
             active.interrupt.signal_used_queue();
         }
+    }
+
+    /// Tells the guest every connection it had is gone (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, after
+    /// a restore: the host sockets belonged to another process). False when the guest has posted
+    /// no event buffer.
+    pub fn send_transport_reset(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let Some(chain) = active.event.pop_descriptor_chain(mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        // struct virtio_vsock_event { le32 id; }, id 0: transport reset.
+        let written = match Writer::new(mem, chain) {
+            Ok(mut writer) if writer.available_bytes() >= 4 => {
+                writer.write_all(&0u32.to_le_bytes()).map_or(0, |()| 4)
+            }
+            _ => 0,
+        };
+        let _ = active.event.add_used(mem, head, written);
+        active.interrupt.signal_used_queue();
+        written == 4
     }
 
     /// Processes the tx queue if asked (or if it waited for rx room), then fills rx buffers.

@@ -266,6 +266,19 @@ fn construction_errors_name_the_problem() {
     assert!(dir.sock().exists());
     drop(first);
     assert!(!dir.sock().exists(), "dropping the device removes its socket");
+    // A socket a killed VMM left (nobody listens) is taken over; a regular file is not.
+    drop(std::os::unix::net::UnixListener::bind(dir.sock()).unwrap());
+    assert!(dir.sock().exists());
+    drop(Vsock::new(3, dir.sock()).expect("a stale socket is reused"));
+    std::fs::write(dir.sock(), b"not a socket").unwrap();
+    let err = Vsock::new(3, dir.sock()).err().unwrap();
+    assert!(matches!(err, VsockError::InUse { .. }), "{err}");
+    assert_eq!(
+        std::fs::read(dir.sock()).unwrap(),
+        b"not a socket",
+        "a file that is not a socket stays"
+    );
+    std::fs::remove_file(dir.sock()).unwrap();
     let missing = dir.0.join("no/such/dir/v.sock");
     let err = Vsock::new(3, &missing).err().unwrap();
     assert!(err.to_string().contains("no/such/dir/v.sock"), "{err}");
@@ -719,4 +732,60 @@ fn header_only_rx_buffers_do_not_block_data() {
     let (rw, data) = guest.recv();
     assert_to_guest(&rw, OP_RW, 5000, 40000);
     assert_eq!(data, b"data");
+}
+
+#[test]
+fn a_restored_device_resets_the_guests_connections_and_works_on() {
+    use crate::devices::virtio::mmio::MmioTransport;
+    let dir = TempDir::new("restore");
+    let mem = memory();
+    let mut guest = Guest::new(&mem, Vsock::new(GUEST_CID, dir.sock()).unwrap());
+    // An event buffer, posted as Linux posts them; filled with a non-event so a write shows.
+    let event_buf = DATA + 0x3_8000;
+    guest.driver.write_mem(event_buf, &[0xff; 4]);
+    guest.driver.add_chain(EVENT, &[(event_buf, 4, true)]);
+    guest.driver.notify(EVENT);
+    let (mut host, _) = host_connect(&mut guest, &dir.sock(), 1000, GUEST_BUF);
+    let saved = guest
+        .driver
+        .transport
+        .save()
+        .expect("a vsock device's state can be saved");
+    assert!(saved.active && saved.queues.len() == 3);
+    assert!(guest.driver.used(EVENT).is_empty(), "no event before the restore");
+
+    // The process ends: the device, its connections and its socket file go.
+    let irq = guest.driver.irq.clone();
+    guest.driver.transport = MmioTransport::new(
+        mem.clone(),
+        Box::new(crate::devices::virtio::Rng::new()),
+        irq.clone(),
+    );
+    assert_eof(&mut host);
+    while guest.driver.irq_fired() {}
+    // A new process's device takes the saved state and tells the guest its connections are gone.
+    let vsock = Vsock::new(GUEST_CID, dir.sock()).unwrap();
+    guest.driver.transport = MmioTransport::new(mem.clone(), Box::new(vsock), irq);
+    assert!(
+        guest.driver.transport.restore(&saved),
+        "the saved state fits a new device"
+    );
+    assert_eq!(
+        guest.driver.used(EVENT).len(),
+        1,
+        "one event: the transport reset"
+    );
+    assert_eq!(guest.driver.used(EVENT)[0].1, 4);
+    assert_eq!(
+        guest.driver.read_mem(event_buf, 4),
+        [0; 4],
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    assert!(guest.driver.irq_fired());
+    // And it works on: a new host connection reaches the guest on the restored rings.
+    let (mut host, host_port) = host_connect(&mut guest, &dir.sock(), 1001, GUEST_BUF);
+    host.write_all(b"after").unwrap();
+    let (rw, data) = guest.recv();
+    assert_to_guest(&rw, OP_RW, host_port, 1001);
+    assert_eq!(data, b"after");
 }
