@@ -107,6 +107,9 @@ lv_initramfs() {
 LV_MODULES="virtio_mmio virtio_blk virtio_rng virtio_console"
 # The cloud kernel's initramfs also has virtio_net (eth0) and the vsock transport (AF_VSOCK over virtio).
 LV_NET_MODULES="virtio_net vsock vmw_vsock_virtio_transport"
+# And the power button (boot7): the ACPI button driver, which turns the DSDT's PNP0C0C notifications into
+# KEY_POWER, and evdev for /dev/input/eventN (both modules in Debian's kernels; the GED driver is built in).
+LV_BUTTON_MODULES="button evdev"
 # The standard kernel has ext4 as a module, and crc32c too: ext4 and jbd2 ask for it through the crypto API
 # (a softdep, which no modprobe resolves here) when mounting a metadata_csum file system, so it comes first.
 LV_STD_MODULES="$LV_MODULES crc32c_generic ext4"
@@ -190,7 +193,7 @@ lv_prepare() {
   lv_l2_kernel
   echo "== $me: level 2: $L2_PKG ($L2_KVER); level 1: ${VMLAB_KERNEL:-the standard Debian kernel}"
   # shellcheck disable=SC2086 # a list of module names
-  lv_initramfs "$lab" "" "$L2_PKG" "$L2_KDIR" "$L2_KVER" $LV_MODULES $LV_NET_MODULES
+  lv_initramfs "$lab" "" "$L2_PKG" "$L2_KDIR" "$L2_KVER" $LV_MODULES $LV_NET_MODULES $LV_BUTTON_MODULES
   if [ "$need_std" = 1 ]; then
     lv_std_kernel
     echo "== $me: level 2 also: $STD_PKG ($STD_KVER)"
