@@ -7,10 +7,9 @@
 //! 4096   guest memory, each RAM range back to back (holes where the guest had zeros)
 //! ...    state (JSON)
 //! ```
-//! Virtio block, rng, net and vsock devices are saved (transport registers and queue positions: a
-//! paused VM's device threads are held outside their work, so none is in flight); the console
-//! (buffered input) is not yet, and the VMM refuses rather than write a snapshot that would not
-//! resume. Disks are not copied: restore reopens the same files; a NIC reopens (or recreates) its
+//! Every virtio device is saved (transport registers and queue positions: a paused VM's device
+//! threads are held outside their work, so none is in flight); a device that could not say its
+//! state would be refused rather than written into a snapshot that would not resume. Disks are not copied: restore reopens the same files; a NIC reopens (or recreates) its
 //! tap by name; vsock's host connections belong to the old process, so the restored device tells
 //! the guest they are gone (a transport reset) and listens on the same socket path again.
 
@@ -41,7 +40,7 @@ const HEADER_SIGNED: usize = 88;
 pub enum SnapshotError {
     #[error("Cannot snapshot this VM: it was not built from a VM config")]
     NoConfig,
-    #[error("Cannot snapshot a VM with a virtio {0} device yet: its backend's state is not saved (block, rng, net and vsock devices are)")]
+    #[error("Cannot snapshot a VM with a virtio {0} device yet: its backend's state cannot be saved")]
     VirtioDevice(&'static str),
     #[error("Snapshot {path} does not match the devices rebuilt from its config: {what}")]
     Devices { path: PathBuf, what: String },

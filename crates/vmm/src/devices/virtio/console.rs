@@ -1,9 +1,11 @@
 //! virtio-console with a single port (no MULTIPORT): the guest's hvc0.
 //!
-//! Output (transmitq) goes to a writer in the vCPU thread that notifies it; input is pushed by
+//! Output (transmitq) goes to a writer on the device's notification worker; input is pushed by
 //! the VMM from any thread with [`ConsoleInput::queue_input`] and lands in the receive buffers
-//! the guest posted, or waits (bounded) until it posts some.
+//! the guest posted, or waits (bounded) until it posts some. A snapshot keeps the queues'
+//! positions; input not yet delivered stays with the old process (typed but never read).
 
+use super::notifier::PauseGate;
 use super::{
     drain_queue, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, BASE_FEATURES, TYPE_CONSOLE,
 };
@@ -11,7 +13,7 @@ use crate::GuestMemory;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
-use virtio_queue::{Queue, Reader, Writer};
+use virtio_queue::{Queue, QueueState, Reader, Writer};
 
 const RECEIVE: usize = 0;
 const TRANSMIT: usize = 1;
@@ -33,6 +35,8 @@ struct Shared {
     output: Box<dyn Write + Send>,
     pending: VecDeque<u8>,
     active: Option<Active>,
+    /// The VM's pause gate, entered by input pushers (other threads) before they touch the rings.
+    gate: Arc<PauseGate>,
 }
 
 struct Active {
@@ -50,6 +54,7 @@ impl Console {
                 output,
                 pending: VecDeque::new(),
                 active: None,
+                gate: Arc::default(),
             })),
         }
     }
@@ -76,6 +81,12 @@ impl ConsoleInput {
     /// interrupting it if needed. Returns how many bytes were accepted (less than `data.len()`
     /// only when `MAX_PENDING` bytes already wait).
     pub fn queue_input(&self, data: &[u8]) -> usize {
+        // The gate first, never under the lock: a paused VM's snapshot takes the lock to save.
+        let gate = lock(&self.shared).gate.clone();
+        if !gate.enter() {
+            // The VM is ending: the input is taken and dropped, so no feeder waits for room.
+            return data.len();
+        }
         let mut shared = lock(&self.shared);
         let accepted = data.len().min(MAX_PENDING - shared.pending.len());
         shared.pending.extend(&data[..accepted]);
@@ -84,6 +95,8 @@ impl ConsoleInput {
                 active.interrupt.signal_used_queue();
             }
         }
+        drop(shared);
+        gate.leave();
         accepted
     }
 }
@@ -190,6 +203,17 @@ impl VirtioDevice for Console {
     fn reset(&mut self) {
         // Input not yet delivered stays for the next driver.
         self.lock().active = None;
+    }
+
+    fn set_pause_gate(&mut self, gate: Arc<PauseGate>) {
+        self.lock().gate = gate;
+    }
+
+    fn saved_queues(&self) -> Option<Vec<QueueState>> {
+        let shared = self.lock();
+        Some(shared.active.as_ref().map_or_else(Vec::new, |active| {
+            vec![active.receive.state(), active.transmit.state()]
+        }))
     }
 }
 
