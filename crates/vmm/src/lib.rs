@@ -13,6 +13,7 @@ pub mod handmade;
 pub mod kvm;
 pub mod launch;
 pub mod memory;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vessel_vmm::config::{DiskConfig, NicConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use vessel_vmm::launch;
+use vessel_vmm::seccomp::ThreadKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,6 +66,18 @@ struct Cli {
     /// configured and started through it (the other flags give the defaults)
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Seccomp filters: each thread (main, API, vCPU, device) may make only the system calls its
+    /// work needs; a forbidden call kills the VMM with SIGSYS
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    seccomp: bool,
+}
+
+fn on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
 }
 
 impl Cli {
@@ -122,6 +135,16 @@ fn main() -> ExitCode {
         }
     };
     let ready_fd = cli.ready_fd;
+    if cli.seccomp {
+        // Before anything else: the main thread builds the VM under its filter, and every
+        // thread it starts inherits the filter before adding its own.
+        let filtered =
+            vessel_vmm::seccomp::enable().and_then(|()| vessel_vmm::seccomp::install(ThreadKind::Vmm));
+        if let Err(e) = filtered {
+            eprintln!("vessel-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if let Some(snapshot) = cli.restore.clone() {
         return report(restore(
             &snapshot,

@@ -204,6 +204,7 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHand
 }
 
 fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Vcpu);
     let fail = |error: String| {
         let _ = ctx.exits.send(VmExit::VcpuFailed { vcpu: id, error });
     };

@@ -106,6 +106,7 @@ pub fn serve_vm(
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
             if let Err(e) = server::serve(&listener, &mut |request| controller.handle(request)) {
                 eprintln!("vessel-vmm: the API server stopped: {e}");
             }

@@ -11,6 +11,7 @@ pub fn spawn_input_feed(
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Device);
             let mut buf = [0u8; 64];
             while let Ok(n) = input.read(&mut buf) {
                 if n == 0 {

@@ -119,7 +119,10 @@ impl DeviceWorkers {
             let (gate, wake) = (workers.gate.clone(), workers.wake.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("virtio-{index}"))
-                .spawn(move || work(device, &gate, &wake))?;
+                .spawn(move || {
+                    crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Device);
+                    work(device, &gate, &wake)
+                })?;
             workers.threads.push(thread);
         }
         Ok(workers)

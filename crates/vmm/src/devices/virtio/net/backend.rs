@@ -100,7 +100,10 @@ impl Backend {
             tap_polled: false,
             tap_broken: false,
         };
-        let thread = thread::Builder::new().name(name).spawn(move || worker.run())?;
+        let thread = thread::Builder::new().name(name).spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Device);
+            worker.run()
+        })?;
         Ok(Self {
             kick,
             stop,

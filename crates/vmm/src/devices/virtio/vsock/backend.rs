@@ -55,6 +55,7 @@ impl Backend {
         let spawned = std::thread::Builder::new()
             .name("vsock-backend".into())
             .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Device);
                 if let Err(e) = run(&muxer, &epoll, &gate) {
                     eprintln!("vessel-vmm: vsock {}: event loop failed: {e}", uds_path.display());
                 }
