@@ -10,6 +10,7 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod handmade;
+pub mod jail;
 pub mod kvm;
 pub mod launch;
 pub mod memory;
