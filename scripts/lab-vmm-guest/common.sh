@@ -9,6 +9,8 @@
 #   net-h2g.bin        8 MiB random, which level 1 sends the guest over virtio-net; its md5 in net-h2g.md5
 #   bin/vsock-echo     scripts/lab-vmm-guest/vsock-echo.c, static (gcc -static): vsock and unix-socket echo
 #                      server and client, for level 1 and (in the initramfs, /bin/vsock-echo) level 2
+#   bin/api-call       scripts/lab-vmm-guest/api-call.c, static: one HTTP request to vessel-vmm's API socket
+#                      (level 1's busybox has no HTTP client for unix sockets)
 #   l1/tun.ko          level 1's tun module (vmlab loads only kvm_amd and 9p): /dev/net/tun for the taps
 #   bin/vessel-vmm     static (LAB_VMM=vessel)
 #   qemu/              QEMU with its libraries, loader and firmware (LAB_VMM=qemu, the benchmark, comparison by hand)
@@ -134,6 +136,8 @@ lv_net() {
   mkdir -p "$lab/bin" "$lab/l1"
   gcc -static -O2 -s -Wall -o "$lab/bin/vsock-echo" "$top/scripts/lab-vmm-guest/vsock-echo.c" ||
     lv_die "gcc -static could not build scripts/lab-vmm-guest/vsock-echo.c"
+  gcc -static -O2 -s -Wall -o "$lab/bin/api-call" "$top/scripts/lab-vmm-guest/api-call.c" ||
+    lv_die "gcc -static could not build scripts/lab-vmm-guest/api-call.c"
   # Level 1 runs vmlab's kernel: VMLAB_KERNEL (or the standard one), as vmlab run will pick it.
   "$top/scripts/vmlab" modules "$lab/l1" tun >/dev/null || lv_die "scripts/vmlab modules could not find tun"
   head -c 8388608 /dev/urandom > "$lab/net-h2g.bin"

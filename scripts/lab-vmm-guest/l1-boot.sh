@@ -128,3 +128,141 @@ boot_l2() {
   awk -v a="$_t0" '/VESSEL-L2-UP/ { printf "%.2f\n", $1 - a; found = 1; exit } END { if (!found) print "-" }' \
     "$_out.serial" > "$_out.marker"
 }
+
+# elapsed T0 [T1]: seconds from T0 to T1 (default: now), two decimals.
+elapsed() { awk -v a="$1" -v b="${2:-$(now)}" 'BEGIN { printf "%.2f\n", b - a }'; }
+
+# wait_for SECS FILE PATTERN [GONE]: until FILE has a line matching PATTERN (grep -E); false after SECS seconds
+# or once the file GONE exists (the exit status of the process that writes FILE).
+wait_for() {
+  _wi=0
+  until grep -qE "$3" "$2" 2>/dev/null; do
+    [ $_wi -ge $(($1 * 20)) ] && return 1
+    [ -z "${4:-}" ] || [ ! -f "$4" ] || return 1
+    sleep 0.05
+    _wi=$((_wi + 1))
+  done
+}
+
+# spawn PREFIX CMD...: CMD in the background, stdin /dev/null, stderr to PREFIX.err, its exit status to PREFIX.rc
+# and its pid to PREFIX.pid (sh -c writes $$, then execs CMD; busybox timeout execs its program in the same
+# process and watches it from a child, so the pid is the VMM's). Sets SPAWNED to the background job's pid.
+spawn() {
+  _sp=$1
+  shift
+  rm -f "$_sp.pid" "$_sp.rc"
+  # shellcheck disable=SC2016 # for the inner shell
+  { sh -c 'echo $$ > "$0.pid"; exec "$@"' "$_sp" "$@" < /dev/null 2> "$_sp.err"; echo $? > "$_sp.rc"; } &
+  SPAWNED=$!
+}
+
+# api NAME SOCKET METHOD PATH [BODY]: one request to a VMM's API (/lab/bin/api-call); appends
+# "NAME rc=RC secs=S status=NNN BODY" to $_out.api. Returns api-call's status.
+api() {
+  _a0=$(now)
+  /lab/bin/api-call -t 120 "$2" "$3" "$4" "${5:-}" > /tmp/api.out 2>&1
+  _arc=$?
+  echo "$1 rc=$_arc secs=$(elapsed "$_a0") $(tr '\n' ' ' < /tmp/api.out)" >> "$_out.api"
+  return $_arc
+}
+
+# snap_l2 OUT DISK CMDLINE-EXTRA: the snapshot boot, vessel-vmm only (its API). The guest is booted with the API
+# on /tmp/l2a.sock and COM1 to OUT.a.serial; once its ticker printed "L2 tick $SNAP_AT" (default 10), level 1
+# pauses it (PATCH /vm), snapshots it to $SNAP_FILE (default /tmp/l2.snap, level 1's tmpfs: the restored VM maps
+# it, so it stays until that VM ends), SIGKILLs that vessel-vmm, waits $SNAP_GAP s (default 10) and resumes the
+# snapshot in a new one (--restore, API on /tmp/l2b.sock, COM1 to OUT.b.serial), which runs until the guest ends.
+# Records
+#   OUT.a.{pid,err,rc}, OUT.b.{pid,err,rc}  the two VMM processes; OUT.rc and OUT.err are the second's
+#   OUT.serial        both serial files, joined: the guest's whole output as it wrote it (no timestamps)
+#   OUT.api           every API request and its answer
+#   OUT.snap          the snapshot file's size and allocated KiB (sparse), and OUT.a.serial's size at the
+#                     pause, after the snapshot and when the first VMM was dead
+#   OUT.times         pause, snapshot, kill (to the process's end), restore_sock (launch -> the API socket exists:
+#                     the snapshot is restored, the VM not yet started), restore_api (-> the API answers "Running"),
+#                     restore_output (-> the first byte on COM1), restore_tick (-> the first tick line), exec
+#                     (vessel-vmm --version, for scale), all in s of level 1's clock; gap (SNAP_GAP);
+#                     OUT.time and OUT.marker as boot_l2's
+snap_l2() {
+  _out=$1 _disk=$2 _cmdline="$L2_CMDLINE $3"
+  _snap=${SNAP_FILE:-/tmp/l2.snap} _at=${SNAP_AT:-10}
+  rm -f "$_snap" /tmp/l2a.sock /tmp/l2b.sock "$_out".*
+  : > "$_out.api"
+  _dev=
+  [ -z "$_disk" ] || [ "$_disk" = none ] || _dev="--disk $_disk"
+  # shellcheck disable=SC2086 # $_dev is a list of arguments
+  set -- /lab/bin/vessel-vmm --api-sock /tmp/l2a.sock --kernel /lab/vmlinuz --initrd /lab/l2.initrd.gz \
+    --cmdline "$_cmdline" --cpus "$L2_CPUS" --memory "$L2_MEM" --serial "file:$_out.a.serial" $_dev
+  echo "$*" > "$_out.cmd"
+  _t0=$(now)
+  spawn "$_out.a" timeout -s KILL "$L2_TIMEOUT" "$@"
+  _ajob=$SPAWNED
+  _tpause='' _tsnap='' _tkill=''
+  if wait_for "$L2_TIMEOUT" "$_out.a.serial" '^VESSEL-L2-UP' "$_out.a.rc"; then
+    elapsed "$_t0" > "$_out.marker"
+  else
+    echo - > "$_out.marker"
+  fi
+  if wait_for "$L2_TIMEOUT" "$_out.a.serial" "^L2 tick $_at " "$_out.a.rc"; then
+    api running-a /tmp/l2a.sock GET /
+    _p0=$(now)
+    api pause /tmp/l2a.sock PATCH /vm '{"state": "Paused"}'
+    _tpause=$(elapsed "$_p0")
+    _size_pause=$(wc -c < "$_out.a.serial")
+    api paused-a /tmp/l2a.sock GET /
+    _s0=$(now)
+    api snapshot /tmp/l2a.sock PUT /snapshot/create "{\"snapshot_path\": \"$_snap\"}"
+    _tsnap=$(elapsed "$_s0")
+    api after-snapshot-a /tmp/l2a.sock GET /
+    _size_snap=$(wc -c < "$_out.a.serial")
+  else
+    echo "no 'L2 tick $_at' from the guest within $L2_TIMEOUT s" >> "$_out.api"
+  fi
+  _k0=$(now)
+  [ ! -f "$_out.a.pid" ] || kill -KILL "$(cat "$_out.a.pid")" 2>/dev/null
+  wait "$_ajob"
+  _tkill=$(elapsed "$_k0")
+  echo "bytes=$(wc -c < "$_snap" 2>/dev/null || echo none) allocated_kb=$(du -k "$_snap" 2>/dev/null | cut -f1)" \
+    "serial_at_pause=${_size_pause:-none} serial_after_snapshot=${_size_snap:-none}" \
+    "serial_at_death=$(wc -c < "$_out.a.serial")" > "$_out.snap"
+  _tapi='' _tout='' _ttick='' _bjob='' _texec='' _tsock=''
+  if [ -f "$_snap" ]; then
+    # The VM does not exist for SNAP_GAP s (default 10): a guest clock that counted that time would show it.
+    sleep "${SNAP_GAP:-10}"
+    # For scale: starting the (static) binary and nothing else.
+    _e0=$(now)
+    /lab/bin/vessel-vmm --version > /dev/null 2>&1
+    _texec=$(elapsed "$_e0")
+    set -- /lab/bin/vessel-vmm --restore "$_snap" --api-sock /tmp/l2b.sock --serial "file:$_out.b.serial"
+    echo "$*" >> "$_out.cmd"
+    _r0=$(now)
+    spawn "$_out.b" timeout -s KILL "$L2_TIMEOUT" "$@"
+    _bjob=$SPAWNED
+    # Until the API says Running, COM1 has output and a tick line came (or the VMM ended / 60 s passed).
+    _i=0
+    while [ $_i -lt 1200 ] && [ ! -f "$_out.b.rc" ]; do
+      [ -n "$_tsock" ] || [ ! -S /tmp/l2b.sock ] || _tsock=$(elapsed "$_r0")
+      if [ -z "$_tapi" ] && /lab/bin/api-call -t 5 /tmp/l2b.sock GET / 2>/dev/null | grep -q '"Running"'; then
+        _tapi=$(elapsed "$_r0")
+      fi
+      [ -n "$_tout" ] || [ ! -s "$_out.b.serial" ] || _tout=$(elapsed "$_r0")
+      [ -n "$_ttick" ] || ! grep -q '^L2 tick ' "$_out.b.serial" 2>/dev/null || _ttick=$(elapsed "$_r0")
+      # The output may have come between the two looks.
+      [ -n "$_tout" ] || [ -z "$_ttick" ] || _tout=$_ttick
+      [ -n "$_tapi" ] && [ -n "$_ttick" ] && break
+      sleep 0.05
+      _i=$((_i + 1))
+    done
+    api running-b /tmp/l2b.sock GET /
+    wait "$_bjob"
+    cp "$_out.b.rc" "$_out.rc"
+    cp "$_out.b.err" "$_out.err"
+  else
+    echo "no snapshot file: no restore" >> "$_out.api"
+    echo none > "$_out.rc"
+  fi
+  elapsed "$_t0" > "$_out.time"
+  cat "$_out.a.serial" "$_out.b.serial" > "$_out.serial" 2>/dev/null
+  echo "pause=${_tpause:-none} snapshot=${_tsnap:-none} kill=${_tkill:-none} restore_api=${_tapi:-none}" \
+    "restore_output=${_tout:-none} restore_tick=${_ttick:-none} exec=${_texec:-none} restore_sock=${_tsock:-none}" \
+    "gap=${SNAP_GAP:-10}" > "$_out.times"
+}

@@ -343,3 +343,48 @@ fn remove_cleans_up_after_a_killed_jailer() {
     assert_eq!(fx.cgroups("vm7"), Vec::<PathBuf>::new());
     assert!(!fx.base.join("vessel-vmm").join("vm7").exists());
 }
+
+#[test]
+fn a_given_network_namespace_is_joined_and_its_tap_used() {
+    let fx = Fixture::new("netns");
+    let netns = format!("vessel-jailer-test-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
+    };
+    ip(&["netns", "add", &netns]);
+    let _delete = NetnsGuard(netns.clone());
+    // The VMM has no CAP_NET_ADMIN in the jail: its tap is made beforehand, owned by its uid.
+    let (uid, gid) = (UID.to_string(), GID.to_string());
+    ip(&[
+        "-n", &netns, "tuntap", "add", "dev", "jtap0", "mode", "tap", "user", &uid, "group", &gid, "vnet_hdr",
+    ]);
+    fx.place_guest("vm8", &spin());
+    let path = format!("/var/run/netns/{netns}");
+    let vmm_args = [
+        "--serial",
+        "none",
+        "--net",
+        "tap=jtap0",
+        "--vsock",
+        "cid=3,path=/v.sock",
+    ];
+    let mut jailer = fx.jailer("vm8", &["--netns", &path], &vmm_args).spawn().unwrap();
+    let vmm = jailed_vmm(&jailer);
+    let joined = namespace(&vmm.to_string(), "net");
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(jailer.id() as i32, libc::SIGTERM) };
+    let status = jailer.wait().unwrap();
+    assert_eq!(joined, PathBuf::from(format!("net:[{inode}]")));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+}
+
+/// Deletes the test's network namespace however the test ends.
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
