@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 /// Where jails go unless `--chroot-base` says otherwise.
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/vessel-jailer";
-/// The cgroup (under each hierarchy's root) that holds one cgroup per jail.
-pub const DEFAULT_PARENT_CGROUP: &str = "vessel";
+/// The cgroup (under each hierarchy's root) that holds one cgroup per jail (the container
+/// runtime's are under `vessel`).
+pub const DEFAULT_PARENT_CGROUP: &str = "vessel-vm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
