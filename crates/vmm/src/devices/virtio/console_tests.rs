@@ -1,5 +1,5 @@
 use super::*;
-use crate::devices::virtio::testing::{memory, Driver, DATA, INTERRUPT_STATUS};
+use crate::devices::virtio::testing::{memory, Driver, DATA, INTERRUPT_ACK, INTERRUPT_STATUS};
 
 /// A writer the test can read back.
 #[derive(Clone, Default)]
@@ -49,6 +49,9 @@ fn input_reaches_receive_buffers() {
     assert_eq!(driver.read_mem(DATA, 4), b"earl");
     assert_eq!(driver.read_mem(DATA + 0x100, 2), b"y ");
     assert!(driver.irq_fired());
+    // Handled as a guest does: read the status, acknowledge it.
+    let status = driver.read32(INTERRUPT_STATUS);
+    driver.write32(INTERRUPT_ACK, status);
 
     // Nothing pending: posted buffers wait, no interrupt.
     let third = driver.add_chain(0, &[(DATA + 0x200, 64, true)]);

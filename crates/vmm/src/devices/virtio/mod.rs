@@ -125,10 +125,17 @@ impl VirtioInterrupt {
         self.signal(VIRTIO_MMIO_INT_CONFIG);
     }
 
+    /// The line behaves as a level one (high while any InterruptStatus bit is set) carried over
+    /// an edge-triggered GSI: an edge is sent only when the status goes from clear to set, and
+    /// again by `ack` if bits remain. Work completed while an interrupt is pending raises no
+    /// second one: the guest's handler acknowledges what it read, then looks at every queue.
+    /// (An edge per completion made the guest take about 1.6 times the interrupts, each costing
+    /// two register exits, under network load in the lab.)
     fn signal(&self, bit: u32) {
-        self.status.fetch_or(bit, Ordering::SeqCst);
-        // The only failure is a saturated counter, i.e. an interrupt already pending.
-        let _ = self.line.trigger();
+        if self.status.fetch_or(bit, Ordering::SeqCst) == 0 {
+            // The only failure is a saturated counter, i.e. an interrupt already pending.
+            let _ = self.line.trigger();
+        }
     }
 
     pub fn status(&self) -> u32 {
@@ -144,7 +151,10 @@ impl VirtioInterrupt {
     }
 
     fn ack(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
+        // Bits set after the guest read the status stay set: they need an interrupt of their own.
+        if self.status.fetch_and(!bits, Ordering::SeqCst) & !bits != 0 {
+            let _ = self.line.trigger();
+        }
     }
 
     fn clear(&self) {
@@ -218,5 +228,41 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     if let Some(src) = config.get(start..) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod interrupt_tests {
+    use super::*;
+
+    /// Edges sent so far (reading the eventfd resets its counter).
+    fn edges(interrupt: &VirtioInterrupt) -> u64 {
+        interrupt.line.event().read().unwrap_or(0)
+    }
+
+    #[test]
+    fn one_edge_per_pending_interrupt_and_another_for_bits_left_after_the_ack() {
+        let interrupt = VirtioInterrupt::new(IrqLine::new(5).unwrap());
+        interrupt.signal_used_queue();
+        interrupt.signal_used_queue();
+        assert_eq!(
+            edges(&interrupt),
+            1,
+            "completions while pending raise no second edge"
+        );
+        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
+        // The guest read VRING; the config changed before its acknowledgement.
+        interrupt.signal_config_change();
+        assert_eq!(edges(&interrupt), 0);
+        interrupt.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(
+            edges(&interrupt),
+            1,
+            "the config bit left set gets its own interrupt"
+        );
+        interrupt.ack(VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!((interrupt.status(), edges(&interrupt)), (0, 0));
+        interrupt.signal_used_queue();
+        assert_eq!(edges(&interrupt), 1, "a clear status raises the line again");
     }
 }
