@@ -171,7 +171,7 @@ api() {
 # pauses it (PATCH /vm), snapshots it to $SNAP_FILE (default /tmp/l2.snap, level 1's tmpfs: the restored VM maps
 # it, so it stays until that VM ends), SIGKILLs that vessel-vmm, waits $SNAP_GAP s (default 10) and resumes the
 # snapshot in a new one (--restore, API on /tmp/l2b.sock, COM1 to OUT.b.serial), which runs until the guest ends.
-# Records
+# SNAP_CONSOLE=1 adds a virtio console written to OUT.hvc (by both processes). Records
 #   OUT.a.{pid,err,rc}, OUT.b.{pid,err,rc}  the two VMM processes; OUT.rc and OUT.err are the second's
 #   OUT.serial        both serial files, joined: the guest's whole output as it wrote it (no timestamps)
 #   OUT.api           every API request and its answer
@@ -189,6 +189,8 @@ snap_l2() {
   : > "$_out.api"
   _dev=
   [ -z "$_disk" ] || [ "$_disk" = none ] || _dev="--disk $_disk"
+  # The restored VM keeps the saved console destination: both processes append to OUT.hvc.
+  [ "${SNAP_CONSOLE:-0}" = 0 ] || _dev="$_dev --console file:$_out.hvc"
   # shellcheck disable=SC2086 # $_dev is a list of arguments
   set -- /lab/bin/vessel-vmm --api-sock /tmp/l2a.sock --kernel /lab/vmlinuz --initrd /lab/l2.initrd.gz \
     --cmdline "$_cmdline" --cpus "$L2_CPUS" --memory "$L2_MEM" --serial "file:$_out.a.serial" $_dev
