@@ -268,3 +268,41 @@ snap_l2() {
     "restore_output=${_tout:-none} restore_tick=${_ttick:-none} exec=${_texec:-none} restore_sock=${_tsock:-none}" \
     "gap=${SNAP_GAP:-10}" > "$_out.times"
 }
+
+# button_l2 OUT CMDLINE-EXTRA: the power-button boot, vessel-vmm only (its API). The guest (vessel.button=1, no
+# disk) boots with the API on /tmp/l2p.sock and COM1 to OUT.serial; once it says "L2 button ready" (its reader
+# waits on the power button's input device), level 1 presses the button (PUT /actions PressPowerButton), again
+# every 15 s while the VMM runs and the guest has not reported the event (4 presses at most), then waits for the
+# VMM's end. Records OUT.{cmd,err,rc,time,marker} as boot_l2 does, OUT.api (each request and its answer),
+# OUT.presses (how many were sent) and OUT.times (press_to_exit: the last press -> the VMM's end, s).
+button_l2() {
+  _out=$1 _cmdline="$L2_CMDLINE $2"
+  rm -f /tmp/l2p.sock "$_out".*
+  : > "$_out.api"
+  set -- /lab/bin/vessel-vmm --api-sock /tmp/l2p.sock --kernel /lab/vmlinuz --initrd /lab/l2.initrd.gz \
+    --cmdline "$_cmdline" --cpus "$L2_CPUS" --memory "$L2_MEM" --serial "file:$_out.serial"
+  echo "$*" > "$_out.cmd"
+  _t0=$(now)
+  spawn "$_out" timeout -s KILL "$L2_TIMEOUT" "$@"
+  _job=$SPAWNED
+  if wait_for "$L2_TIMEOUT" "$_out.serial" '^VESSEL-L2-UP' "$_out.rc"; then
+    elapsed "$_t0" > "$_out.marker"
+  else
+    echo - > "$_out.marker"
+  fi
+  _n=0 _tp=''
+  if wait_for "$L2_TIMEOUT" "$_out.serial" '^L2 button ready' "$_out.rc"; then
+    while [ $_n -lt 4 ] && [ ! -f "$_out.rc" ] && ! grep -q '^L2 button event' "$_out.serial"; do
+      _n=$((_n + 1))
+      _tp=$(now)
+      api "press$_n" /tmp/l2p.sock PUT /actions '{"action_type": "PressPowerButton"}'
+      wait_for 15 "$_out.serial" '^L2 button event' "$_out.rc"
+    done
+  else
+    echo "no 'L2 button ready' from the guest: no press" >> "$_out.api"
+  fi
+  echo "$_n" > "$_out.presses"
+  wait "$_job"
+  echo "press_to_exit=$([ -n "$_tp" ] && elapsed "$_tp" || echo none)" > "$_out.times"
+  elapsed "$_t0" > "$_out.time"
+}
