@@ -6,7 +6,7 @@
 #   vmlinuz-std        with lv_prepare's NEED-STD: Debian's standard kernel (linux-image-amd64's, as level 1 runs),
 #   l2-std.initrd.gz   where ext4 (jbd2, mbcache, crc16) and crc32c are modules too; l2-std.modules
 #   disk.img           ext4 made with mkfs.ext4 -d: seed.txt and seed.bin (2 MiB random)
-#   net-h2g.bin        8 MiB random, which level 1 sends the guest over virtio-net; its md5 in net-h2g.md5
+#   net-h2g.bin        2 MiB random, which level 1 sends the guest over virtio-net; its md5 in net-h2g.md5
 #   bin/vsock-echo     scripts/lab-vmm-guest/vsock-echo.c, static (gcc -static): vsock and unix-socket echo
 #                      server and client, for level 1 and (in the initramfs, /bin/vsock-echo) level 2
 #   bin/api-call       scripts/lab-vmm-guest/api-call.c, static: one HTTP request to vessel-vmm's API socket
@@ -140,7 +140,7 @@ lv_net() {
     lv_die "gcc -static could not build scripts/lab-vmm-guest/api-call.c"
   # Level 1 runs vmlab's kernel: VMLAB_KERNEL (or the standard one), as vmlab run will pick it.
   "$top/scripts/vmlab" modules "$lab/l1" tun >/dev/null || lv_die "scripts/vmlab modules could not find tun"
-  head -c 8388608 /dev/urandom > "$lab/net-h2g.bin"
+  head -c 2097152 /dev/urandom > "$lab/net-h2g.bin"
   md5sum < "$lab/net-h2g.bin" | cut -d' ' -f1 > "$lab/net-h2g.md5"
 }
 
