@@ -44,6 +44,11 @@ fn command(vmm: &str, kernel: &std::path::Path) -> Command {
     if Flavour::detect() == Flavour::Pvm {
         cmd.arg("--pvm-guest-kernel");
     }
+    // BENCH_VMM_ARGS: more flags for every VMM this run starts (e.g. "--seccomp off", to see the
+    // filters' share of the start-up).
+    if let Ok(extra) = std::env::var("BENCH_VMM_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -1,8 +1,9 @@
 //! Seccomp filters per kind of thread: which system calls the VMM's threads may make.
 //!
-//! [`enable`] compiles one BPF program per [`ThreadKind`] (once, at start-up) and installs the
-//! SIGSYS reporter; from then on every thread calls [`install`] (or [`install_or_exit`]) with its
-//! kind as the first thing it does, and the main thread installs [`ThreadKind::Vmm`] before it
+//! [`enable`] installs the SIGSYS reporter; from then on every thread calls [`install`] (or
+//! [`install_or_exit`]) with its kind as the first thing it does, which compiles that kind's BPF
+//! program the first time (a VM without an API never compiles the API's; the main thread compiles
+//! only its own before the VMM is ready), and the main thread installs [`ThreadKind::Vmm`] before it
 //! builds the VM. Filters are per thread (no TSYNC): each thread adds its own.
 //!
 //! Seccomp filters are inherited by the threads a thread creates and they stack (a call must
@@ -87,7 +88,8 @@ pub enum SeccompError {
 pub const SELFTEST_ENV: &str = "VESSEL_VMM_SECCOMP_SELFTEST";
 
 struct Filters {
-    by_kind: [BpfProgram; 4],
+    /// Compiled on first use, then shared by every thread of the kind.
+    by_kind: [OnceLock<BpfProgram>; 4],
     /// `clone3` fails with ENOSYS, everything else passes (the lists decide).
     no_clone3: BpfProgram,
     selftest: Option<ThreadKind>,
@@ -104,33 +106,20 @@ fn compile(
         .map_err(|source| SeccompError::Compile { kind, source })
 }
 
-/// Compiles every kind's filter and installs the SIGSYS reporter; [`install`] does nothing
-/// until this has run. Calling it again changes nothing.
+/// Installs the SIGSYS reporter; [`install`] does nothing until this has run. Calling it again
+/// changes nothing.
 pub fn enable() -> Result<(), SeccompError> {
     if FILTERS.get().is_some() {
         return Ok(());
-    }
-    let arch = TargetArch::x86_64;
-    let mut by_kind = Vec::with_capacity(ThreadKind::ALL.len());
-    for kind in ThreadKind::ALL {
-        let filter = SeccompFilter::new(
-            rules::allowed(kind),
-            SeccompAction::Trap,
-            SeccompAction::Allow,
-            arch,
-        );
-        by_kind.push(compile(kind.name(), filter)?);
     }
     let no_clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into_iter().collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
+        TargetArch::x86_64,
     );
     let filters = Filters {
-        by_kind: by_kind
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("one program per kind")),
+        by_kind: Default::default(),
         no_clone3: compile("clone3", no_clone3)?,
         selftest: std::env::var(SELFTEST_ENV)
             .ok()
@@ -139,6 +128,23 @@ pub fn enable() -> Result<(), SeccompError> {
     report::install_handler().map_err(SeccompError::Handler)?;
     let _ = FILTERS.set(filters);
     Ok(())
+}
+
+/// `kind`'s program, compiled the first time it is asked for.
+fn program(filters: &Filters, kind: ThreadKind) -> Result<&BpfProgram, SeccompError> {
+    let cell = &filters.by_kind[kind.index()];
+    if let Some(program) = cell.get() {
+        return Ok(program);
+    }
+    let filter = SeccompFilter::new(
+        rules::allowed(kind),
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    );
+    let compiled = compile(kind.name(), filter)?;
+    // Two threads of a kind may race here: both programs are the same; one is kept.
+    Ok(cell.get_or_init(|| compiled))
 }
 
 /// Whether [`enable`] has run (filters are being installed).
@@ -157,7 +163,7 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
         seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { kind, source })
     };
     install(&filters.no_clone3)?;
-    install(&filters.by_kind[kind.index()])?;
+    install(program(filters, kind)?)?;
     if filters.selftest == Some(kind) {
         selftest_forbidden_call();
     }
