@@ -185,7 +185,7 @@ impl Vm {
         transport: Arc<Mutex<MmioTransport>>,
     ) -> Result<(), VmError> {
         self.extras.virtio.push(transport.clone());
-        let device = QueueEvents::new(&transport)?;
+        let device = QueueEvents::new(transport)?;
         let address = IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);
         for (index, event) in device.events.iter().enumerate() {
             if let Err(e) = self.kvm_vm.register_ioevent(event, &address, index as u32) {

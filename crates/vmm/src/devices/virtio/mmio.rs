@@ -8,8 +8,6 @@ use crate::arch::layout::VIRTIO_MMIO_SIZE;
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::IrqLine;
 use crate::GuestMemory;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
@@ -112,17 +110,9 @@ pub struct TransportSnapshot {
 }
 
 /// A virtio device in its virtio-mmio register window; put it on the MMIO bus.
-///
-/// The device has a lock of its own: a queue worker processing a notification holds only that
-/// one, so a vCPU reading InterruptStatus (every interrupt) never waits behind a tap or disk write.
 pub struct MmioTransport {
     mem: GuestMemory,
-    device: Arc<Mutex<Box<dyn VirtioDevice>>>,
-    /// The device's constants, read without its lock.
-    device_type: u32,
-    features: u64,
-    /// `active`, for queue workers outside the transport's lock.
-    live: Arc<AtomicBool>,
+    device: Box<dyn VirtioDevice>,
     interrupt: VirtioInterrupt,
     /// The queue set-up as the driver programs it; copies go to the device on DRIVER_OK.
     queues: Vec<Queue>,
@@ -137,7 +127,6 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// Wraps `device`; `irq` is the device's interrupt line (registered with KVM by the caller).
     pub fn new(mem: GuestMemory, device: Box<dyn VirtioDevice>, irq: IrqLine) -> Self {
-        let (device_type, features) = (device.device_type(), device.features());
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -145,10 +134,7 @@ impl MmioTransport {
             .collect();
         Self {
             mem,
-            device: Arc::new(Mutex::new(device)),
-            device_type,
-            features,
-            live: Arc::default(),
+            device,
             interrupt: VirtioInterrupt::new(irq),
             queues,
             queue_select: 0,
@@ -161,39 +147,20 @@ impl MmioTransport {
     }
 
     pub fn device_type(&self) -> u32 {
-        self.device_type
-    }
-
-    fn device(&self) -> MutexGuard<'_, Box<dyn VirtioDevice>> {
-        lock_device(&self.device)
-    }
-
-    /// What a queue worker needs to process notifications without the transport's lock.
-    pub fn queue_handle(&self) -> QueueHandle {
-        QueueHandle {
-            device: self.device.clone(),
-            live: self.live.clone(),
-            interrupt: self.interrupt.clone(),
-            queues: self.queues.len(),
-        }
-    }
-
-    fn set_active(&mut self, active: bool) {
-        self.active = active;
-        self.live.store(active, Ordering::Release);
+        self.device.device_type()
     }
 
     /// The transport's state, with the device's live queue positions when it is active;
     /// `None` when the device's own state cannot be saved.
     pub fn save(&self) -> Option<TransportSnapshot> {
-        let device_queues = self.device().saved_queues()?;
+        let device_queues = self.device.saved_queues()?;
         let queues = if self.active && device_queues.len() == self.queues.len() {
             device_queues.into_iter().map(SavedQueue::from).collect()
         } else {
             self.queues.iter().map(|q| SavedQueue::from(q.state())).collect()
         };
         Some(TransportSnapshot {
-            device_type: self.device_type,
+            device_type: self.device.device_type(),
             status: self.status,
             driver_features: self.driver_features,
             queue_select: self.queue_select,
@@ -208,7 +175,7 @@ impl MmioTransport {
     /// Puts a saved state back (on a fresh transport of the same device type); an active device
     /// is activated again with the saved queue positions. False if the state does not fit.
     pub fn restore(&mut self, saved: &TransportSnapshot) -> bool {
-        if saved.device_type != self.device_type || saved.queues.len() != self.queues.len() {
+        if saved.device_type != self.device.device_type() || saved.queues.len() != self.queues.len() {
             return false;
         }
         let mut queues = Vec::with_capacity(saved.queues.len());
@@ -225,14 +192,14 @@ impl MmioTransport {
         self.device_features_select = saved.device_features_select;
         self.driver_features_select = saved.driver_features_select;
         if saved.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            self.device().ack_features(saved.driver_features);
+            self.device.ack_features(saved.driver_features);
         }
         if saved.active && !self.activate() {
             return false;
         }
         self.interrupt.restore_status(saved.interrupt_status);
         if saved.active {
-            self.device().restored();
+            self.device.restored();
         }
         true
     }
@@ -261,11 +228,11 @@ impl MmioTransport {
         match offset {
             REG_MAGIC => MAGIC,
             REG_VERSION => VERSION,
-            REG_DEVICE_ID => self.device_type,
+            REG_DEVICE_ID => self.device.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_select {
-                0 => self.features as u32,
-                1 => (self.features >> 32) as u32,
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
                 _ => 0,
             },
             REG_QUEUE_NUM_MAX => queue.map_or(0, |q| q.max_size().into()),
@@ -307,7 +274,7 @@ impl MmioTransport {
             1 => 32,
             _ => return,
         };
-        let word = (u64::from(value) << shift) & self.features;
+        let word = (u64::from(value) << shift) & self.device.features();
         self.driver_features = (self.driver_features & !(0xffff_ffff << shift)) | word;
     }
 
@@ -351,7 +318,7 @@ impl MmioTransport {
             // Legacy drivers are refused: the driver reads FEATURES_OK back as clear.
             value &= !VIRTIO_CONFIG_S_FEATURES_OK;
         } else if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            self.device().ack_features(self.driver_features);
+            self.device.ack_features(self.driver_features);
         }
         if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             if value & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
@@ -380,19 +347,17 @@ impl MmioTransport {
             }
         }
         let activated = self
-            .device()
+            .device
             .activate(self.mem.clone(), queues, self.interrupt.clone());
-        self.set_active(activated.is_ok());
+        self.active = activated.is_ok();
         self.active
     }
 
     fn reset(&mut self) {
-        // Workers see the device inactive first, then the reset (under the device's lock).
-        let was_active = self.active;
-        self.set_active(false);
-        if was_active {
-            self.device().reset();
+        if self.active {
+            self.device.reset();
         }
+        self.active = false;
         self.queues.iter_mut().for_each(QueueT::reset);
         self.queue_select = 0;
         self.device_features_select = 0;
@@ -409,35 +374,7 @@ impl MmioTransport {
 
     /// The guest notified queue `index` (through the register or an ioeventfd).
     pub fn notify_queue(&mut self, index: usize) {
-        if self.active && index < self.queues.len() && self.device().process_queue(index) {
-            self.interrupt.signal_used_queue();
-        }
-    }
-}
-
-fn lock_device(device: &Mutex<Box<dyn VirtioDevice>>) -> MutexGuard<'_, Box<dyn VirtioDevice>> {
-    device.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A device's queues as a notification worker sees them (see `notifier.rs`).
-pub struct QueueHandle {
-    device: Arc<Mutex<Box<dyn VirtioDevice>>>,
-    live: Arc<AtomicBool>,
-    interrupt: VirtioInterrupt,
-    queues: usize,
-}
-
-impl QueueHandle {
-    pub fn queue_count(&self) -> usize {
-        self.queues
-    }
-
-    /// The guest notified queue `index`: the device processes it if it is active.
-    pub fn notify(&self, index: usize) {
-        if index < self.queues
-            && self.live.load(Ordering::Acquire)
-            && lock_device(&self.device).process_queue(index)
-        {
+        if self.active && index < self.queues.len() && self.device.process_queue(index) {
             self.interrupt.signal_used_queue();
         }
     }
@@ -453,7 +390,7 @@ impl BusDevice for MmioTransport {
         data.fill(0);
         if offset >= CONFIG_SPACE {
             if offset < VIRTIO_MMIO_SIZE && matches!(data.len(), 1 | 2 | 4 | 8) {
-                self.device().read_config(offset - CONFIG_SPACE, data);
+                self.device.read_config(offset - CONFIG_SPACE, data);
             }
         } else if data.len() == 4 && offset % 4 == 0 {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
@@ -463,7 +400,7 @@ impl BusDevice for MmioTransport {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
             if offset < VIRTIO_MMIO_SIZE && matches!(data.len(), 1 | 2 | 4 | 8) {
-                self.device().write_config(offset - CONFIG_SPACE, data);
+                self.device.write_config(offset - CONFIG_SPACE, data);
             }
         } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
             if offset % 4 == 0 {

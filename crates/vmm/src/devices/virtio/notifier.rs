@@ -12,7 +12,7 @@
 //! eventfd; one taken by a snapshot is replayed on restore because a worker processes every
 //! queue of its device once when it starts (harmless when nothing is pending).
 
-use super::mmio::{MmioTransport, QueueHandle};
+use super::mmio::MmioTransport;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -21,18 +21,18 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The eventfds of one transport's queues (index = queue index), registered with KVM by the VM.
 pub struct QueueEvents {
-    pub device: QueueHandle,
+    pub transport: Arc<Mutex<MmioTransport>>,
     pub events: Vec<EventFd>,
 }
 
 impl QueueEvents {
     /// One eventfd per queue of `transport`.
-    pub fn new(transport: &Mutex<MmioTransport>) -> io::Result<Self> {
-        let device = transport.lock().unwrap_or_else(|p| p.into_inner()).queue_handle();
-        let events = (0..device.queue_count())
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> io::Result<Self> {
+        let count = lock(&transport).queue_count();
+        let events = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Self { device, events })
+        Ok(Self { transport, events })
     }
 }
 
@@ -144,13 +144,17 @@ impl Drop for DeviceWorkers {
     }
 }
 
+fn lock(transport: &Mutex<MmioTransport>) -> MutexGuard<'_, MmioTransport> {
+    transport.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A worker: wait for any queue's eventfd (or the wake-up), then process that queue.
 fn work(device: QueueEvents, gate: &PauseGate, wake: &EventFd) {
     let process = |queue: usize| {
         if !gate.enter() {
             return false;
         }
-        device.device.notify(queue);
+        lock(&device.transport).notify_queue(queue);
         gate.leave();
         true
     };
