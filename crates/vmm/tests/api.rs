@@ -21,28 +21,8 @@ fn pvm() -> bool {
     Flavour::detect() == Flavour::Pvm
 }
 
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vessel-vmm-api-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-    fn socket(&self) -> PathBuf {
-        self.0.join("api.sock")
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 /// Prints "up", then keeps running without exits.
 fn spinner() -> Vec<u8> {
@@ -314,7 +294,7 @@ impl Client {
 
 #[test]
 fn configured_through_the_api_then_started_paused_resumed_and_powered_off() {
-    let dir = Scratch::new("lifecycle");
+    let dir = Scratch::new("api", "lifecycle");
     let kernel = dir.file("k", &waiting_guest());
     let disk = dir.file("disk.img", &vec![0u8; 1 << 20]);
     let mut vmm = Vmm::spawn(&dir, &[]);
@@ -396,7 +376,7 @@ fn configured_through_the_api_then_started_paused_resumed_and_powered_off() {
 /// network namespace, so its taps never touch the host and vanish with it.
 #[test]
 fn nics_and_vsock_configured_through_the_api_exist_once_started() {
-    let dir = Scratch::new("nics");
+    let dir = Scratch::new("api", "nics");
     let kernel = dir.file("k", &spinner());
     let uds = dir.0.join("v.sock");
     let mut vmm = Vmm::spawn_under(&["unshare", "--net"], &dir.socket(), &["--memory", "32"]);
@@ -462,7 +442,7 @@ fn nics_and_vsock_configured_through_the_api_exist_once_started() {
 
 #[test]
 fn the_power_button_reaches_a_running_guest_which_powers_off() {
-    let dir = Scratch::new("power-button");
+    let dir = Scratch::new("api", "power-button");
     let kernel = dir.file("k", &power_button_guest());
     let mut vmm = Vmm::spawn(&dir, &["--memory", "32"]);
     let mut api = vmm.client();
@@ -493,7 +473,7 @@ fn the_power_button_reaches_a_running_guest_which_powers_off() {
 
 #[test]
 fn booted_from_the_command_line_the_api_serves_the_running_vm() {
-    let dir = Scratch::new("boot-at-once");
+    let dir = Scratch::new("api", "boot-at-once");
     let kernel = dir.file("k", &spinner());
     let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--memory", "32"];
     if pvm() {
@@ -540,7 +520,7 @@ fn booted_from_the_command_line_the_api_serves_the_running_vm() {
 
 #[test]
 fn bad_requests_get_4xx_naming_the_problem_and_a_failed_start_can_be_retried() {
-    let dir = Scratch::new("bad");
+    let dir = Scratch::new("api", "bad");
     let garbage = dir.file("garbage", &[0x42; 4096]);
     let kernel = dir.file("k", &spinner());
     let mut vmm = Vmm::spawn(&dir, &["--memory", "32"]);
@@ -644,7 +624,7 @@ fn bad_requests_get_4xx_naming_the_problem_and_a_failed_start_can_be_retried() {
 
 #[test]
 fn http_framing_limits_and_misbehaving_clients() {
-    let dir = Scratch::new("http");
+    let dir = Scratch::new("api", "http");
     let vmm = Vmm::spawn(&dir, &[]);
 
     // Errors the parser cannot recover from: answered, then the connection closes.
@@ -738,7 +718,7 @@ fn http_framing_limits_and_misbehaving_clients() {
 
 #[test]
 fn socket_files_stale_live_and_foreign() {
-    let dir = Scratch::new("socket");
+    let dir = Scratch::new("api", "socket");
     // A socket file nobody listens on is replaced.
     drop(UnixListener::bind(dir.socket()).unwrap());
     let mut vmm = Vmm::spawn(&dir, &[]);
@@ -796,7 +776,7 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 fn openapi_document_matches_the_server() {
     let doc: Value = serde_json::from_str(OPENAPI).expect("api/openapi.json is JSON");
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let dir = Scratch::new("openapi");
+    let dir = Scratch::new("api", "openapi");
     let vmm = Vmm::spawn(&dir, &["--memory", "32"]);
     let mut api = vmm.client();
     const METHODS: [&str; 7] = ["get", "put", "patch", "post", "delete", "head", "options"];
@@ -878,7 +858,7 @@ const SERIAL_COUNTER: [u8; 15] = [
 
 #[test]
 fn snapshot_through_the_api_and_restore_behind_a_new_api() {
-    let dir = Scratch::new("snapshot");
+    let dir = Scratch::new("api", "snapshot");
     let kernel = dir.file("counter.elf", &elf_kernel(&SERIAL_COUNTER));
     let log = dir.0.join("before.log");
     let mut args = vec![

@@ -1,32 +1,15 @@
 //! vessel-vmm as a user runs it: hand-made ELF guests booted through the command line, the exit
 //! status for power-off and reset, and one clear error line for each thing a user can get wrong.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use vessel_vmm::handmade::{
     elf_kernel, load_byte_at_ebx, power_off, print, print_al, pvh_elf_kernel, reset, spin,
 };
 use vessel_vmm::kvm::Flavour;
 
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vessel-vmm-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 fn vmm() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"));
@@ -67,7 +50,7 @@ fn assert_one_line_error(out: &Output, status: i32, needle: &str) {
 
 #[test]
 fn guest_output_and_power_off_exit_zero() {
-    let dir = Scratch::new("poweroff");
+    let dir = Scratch::new("cli", "poweroff");
     let kernel = dir.file("k", &elf_kernel(&[print(b"hello, vmm\n"), power_off()].concat()));
     let out = boot(&kernel, &["--cpus", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -78,7 +61,7 @@ fn guest_output_and_power_off_exit_zero() {
 #[test]
 fn pvh_entry_is_used_when_the_elf_announces_it() {
     // 32-bit protected mode, EBX = hvm_start_info: the guest prints the magic's low byte.
-    let dir = Scratch::new("pvh");
+    let dir = Scratch::new("cli", "pvh");
     let code = [load_byte_at_ebx(), print_al(), print(b"/pvh\n"), power_off()].concat();
     let kernel = dir.file("k", &pvh_elf_kernel(&code));
     let out = boot(&kernel, &[]);
@@ -88,7 +71,7 @@ fn pvh_entry_is_used_when_the_elf_announces_it() {
 
 #[test]
 fn guest_reset_is_reported_with_status_3() {
-    let dir = Scratch::new("reset");
+    let dir = Scratch::new("cli", "reset");
     let kernel = dir.file("k", &elf_kernel(&reset()));
     let out = boot(&kernel, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -101,7 +84,7 @@ fn guest_reset_is_reported_with_status_3() {
 
 #[test]
 fn serial_to_a_file_and_json_config() {
-    let dir = Scratch::new("config");
+    let dir = Scratch::new("cli", "config");
     let kernel = dir.file("k", &elf_kernel(&[print(b"to a file"), power_off()].concat()));
     let log = dir.0.join("console.log");
     let config = serde_json::json!({
@@ -121,7 +104,7 @@ fn serial_to_a_file_and_json_config() {
 
 #[test]
 fn ready_fd_is_written_before_the_guest_runs() {
-    let dir = Scratch::new("ready");
+    let dir = Scratch::new("cli", "ready");
     let kernel = dir.file("k", &elf_kernel(&power_off()));
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
@@ -140,7 +123,7 @@ fn ready_fd_is_written_before_the_guest_runs() {
 
 #[test]
 fn user_mistakes_get_one_clear_line() {
-    let dir = Scratch::new("mistakes");
+    let dir = Scratch::new("cli", "mistakes");
     let garbage = dir.file("garbage", &[0x42; 4096]);
     assert_one_line_error(&boot(&garbage, &[]), 1, "is not a kernel");
     assert_one_line_error(&boot(&dir.0.join("nope"), &[]), 1, "does not exist");
@@ -168,7 +151,7 @@ fn user_mistakes_get_one_clear_line() {
 
 #[test]
 fn a_disk_in_use_by_another_vm_is_refused() {
-    let dir = Scratch::new("lock");
+    let dir = Scratch::new("cli", "lock");
     let disk = dir.file("disk.img", &vec![0u8; 1 << 20]);
     let spinner = dir.file("spin", &elf_kernel(&[print(b"up"), spin()].concat()));
     let mut first = vmm();
@@ -201,7 +184,7 @@ fn a_disk_in_use_by_another_vm_is_refused() {
 
 #[test]
 fn stock_kernels_on_kvm_pvm_get_the_explanation() {
-    let dir = Scratch::new("pvm");
+    let dir = Scratch::new("cli", "pvm");
     let kernel = dir.file("k", &elf_kernel(&power_off()));
     let out = vmm().arg("--kernel").arg(&kernel).output().unwrap();
     match Flavour::detect() {
@@ -212,7 +195,7 @@ fn stock_kernels_on_kvm_pvm_get_the_explanation() {
 
 #[test]
 fn no_dev_kvm_is_explained() {
-    let dir = Scratch::new("nokvm");
+    let dir = Scratch::new("cli", "nokvm");
     let kernel = dir.file("k", &elf_kernel(&power_off()));
     // A private mount namespace whose /dev has no kvm node.
     let out = Command::new("unshare")
@@ -228,7 +211,7 @@ fn no_dev_kvm_is_explained() {
 
 #[test]
 fn nics_and_vsock_are_created_for_the_vm() {
-    let dir = Scratch::new("net");
+    let dir = Scratch::new("cli", "net");
     let kernel = dir.file("k", &elf_kernel(&[print(b"up"), spin()].concat()));
     let uds = dir.0.join("v.sock");
     // A private network namespace, so the taps never touch the host's network.

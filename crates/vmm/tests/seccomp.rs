@@ -10,25 +10,8 @@ use vessel_vmm::handmade::{elf_kernel, power_off, print, spin};
 use vessel_vmm::kvm::Flavour;
 use vessel_vmm::seccomp::SELFTEST_ENV;
 
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vessel-vmm-seccomp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 /// The VMM on `kernel` with a 32 MiB guest; no core file when it dies of SIGSYS.
 fn vmm(kernel: &Path, extra: &[&str]) -> Command {
@@ -81,7 +64,7 @@ fn assert_killed_in(out: &Output, kind: &str) {
 
 #[test]
 fn a_guest_runs_to_power_off_under_the_filters() {
-    let dir = Scratch::new("poweroff");
+    let dir = Scratch::new("seccomp", "poweroff");
     let kernel = hello_then_power_off(&dir);
     let out = vmm(&kernel, &["--seccomp", "on", "--cpus", "2", "--serial", "stdio"])
         .output()
@@ -92,7 +75,7 @@ fn a_guest_runs_to_power_off_under_the_filters() {
 
 #[test]
 fn a_forbidden_call_on_a_vcpu_thread_kills_the_vmm() {
-    let dir = Scratch::new("vcpu");
+    let dir = Scratch::new("seccomp", "vcpu");
     let kernel = hello_then_power_off(&dir);
     let out = vmm(&kernel, &["--serial", "none"])
         .env(SELFTEST_ENV, "vcpu")
@@ -103,7 +86,7 @@ fn a_forbidden_call_on_a_vcpu_thread_kills_the_vmm() {
 
 #[test]
 fn a_forbidden_call_on_the_api_thread_kills_the_vmm() {
-    let dir = Scratch::new("api");
+    let dir = Scratch::new("seccomp", "api");
     let kernel = hello_then_power_off(&dir);
     let socket = dir.0.join("api.sock");
     let out = vmm(
@@ -118,7 +101,7 @@ fn a_forbidden_call_on_the_api_thread_kills_the_vmm() {
 
 #[test]
 fn a_forbidden_call_on_the_main_or_a_device_thread_kills_the_vmm() {
-    let dir = Scratch::new("main-device");
+    let dir = Scratch::new("seccomp", "main-device");
     let kernel = hello_then_power_off(&dir);
     let out = vmm(&kernel, &["--serial", "none"])
         .env(SELFTEST_ENV, "vmm")
@@ -135,7 +118,7 @@ fn a_forbidden_call_on_the_main_or_a_device_thread_kills_the_vmm() {
 
 #[test]
 fn seccomp_off_installs_nothing() {
-    let dir = Scratch::new("off");
+    let dir = Scratch::new("seccomp", "off");
     let kernel = hello_then_power_off(&dir);
     let out = vmm(&kernel, &["--seccomp", "off", "--serial", "none"])
         .env(SELFTEST_ENV, "vcpu")
@@ -166,7 +149,7 @@ fn thread_filters(child: &Child) -> Vec<(String, u32)> {
 
 #[test]
 fn every_thread_runs_under_its_own_filter() {
-    let dir = Scratch::new("threads");
+    let dir = Scratch::new("seccomp", "threads");
     let kernel = dir.file("k", &elf_kernel(&spin()));
     let socket = dir.0.join("api.sock");
     let socket = socket.to_str().unwrap();

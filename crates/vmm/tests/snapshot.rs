@@ -3,24 +3,12 @@
 //! one clear line.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use vessel_vmm::exit::VmExit;
 
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vessel-vmm-snapshot-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Scratch;
 
 /// Runs the counter guest in this process until it printed, snapshots it to `path`, returns
 /// the last byte it printed.
@@ -70,7 +58,7 @@ fn restore_cmd(path: &Path) -> Command {
 
 #[test]
 fn a_new_process_resumes_the_guest_where_it_stopped() {
-    let dir = Scratch::new("resume");
+    let dir = Scratch::new("snapshot", "resume");
     let path = dir.0.join("vm.snap");
     let last = snapshot_counter(&dir.0, &path, 2);
     // 256 MiB of guest memory, barely touched: the file is sparse.
@@ -113,7 +101,7 @@ fn a_new_process_resumes_the_guest_where_it_stopped() {
 #[test]
 fn a_restore_rebuilds_the_virtio_devices_on_the_same_disk() {
     use vessel_vmm::config::SerialConfig;
-    let dir = Scratch::new("devices");
+    let dir = Scratch::new("snapshot", "devices");
     let path = dir.0.join("vm.snap");
     snapshot_counter(&dir.0, &path, 1);
     let vm = vessel_vmm::snapshot::restore(&path, SerialConfig::None).unwrap();
@@ -161,7 +149,7 @@ fn assert_refused(path: &Path, needle: &str) {
 
 #[test]
 fn bad_snapshot_files_get_one_clear_line() {
-    let dir = Scratch::new("bad");
+    let dir = Scratch::new("snapshot", "bad");
     let path = dir.0.join("vm.snap");
     snapshot_counter(&dir.0, &path, 1);
     let good = std::fs::read(&path).unwrap();
@@ -188,7 +176,7 @@ fn bad_snapshot_files_get_one_clear_line() {
 #[test]
 fn a_host_cpu_without_the_guests_features_is_refused() {
     use sha2::{Digest, Sha256};
-    let dir = Scratch::new("cpu");
+    let dir = Scratch::new("snapshot", "cpu");
     let path = dir.0.join("vm.snap");
     snapshot_counter(&dir.0, &path, 1);
     let mut bytes = std::fs::read(&path).unwrap();
