@@ -229,6 +229,9 @@ conformance!(
         // The process waits (bounded) for the hook, so it is running while the hook runs.
         b.sh("echo 'process called' >> /output; i=0; while [ ! -s /poststart.json ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done");
         let c = rt.create_container(&b);
+        // Read before start: the process exits as soon as the hook has written its state, and
+        // a stopped container reports no pid.
+        let pid = c.pid();
         assert_eq!(
             read(&b.host_path("/output")),
             "",
@@ -238,7 +241,7 @@ conformance!(
         let st: Value = serde_json::from_str(&read(&st_file))
             .unwrap_or_else(|_| panic!("poststart hook had not run when start returned"));
         assert_eq!(st["status"], "running", "poststart state: {st}");
-        assert_eq!(st["pid"].as_i64().map(|p| p.to_string()), Some(c.pid()));
+        assert_eq!(st["pid"].as_i64().map(|p| p.to_string()), Some(pid));
         c.wait_stopped();
         let out = read(&b.host_path("/output"));
         let mut lines: Vec<&str> = out.lines().collect();
