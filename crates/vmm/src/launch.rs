@@ -11,7 +11,7 @@ use crate::devices::legacy::{AcpiPowerRegisters, I8042};
 use crate::devices::serial::{SerialPort, SerialSink, SerialSnapshot};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, MmioWindow};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -156,7 +156,8 @@ pub fn add_virtio_devices(
         let (base, gsi) = virtio_mmio_window(index as u32);
         let irq = vm.irq_line(gsi)?;
         let transport = Arc::new(Mutex::new(MmioTransport::new(vm.memory().clone(), device, irq)));
-        vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+        let window = MmioWindow::new(transport.clone());
+        vm.add_mmio_device(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(window)))?;
         vm.add_virtio_transport(base, transport)?;
         windows.push(VirtioMmioWindow {
             base,

@@ -8,6 +8,7 @@ use crate::arch::layout::VIRTIO_MMIO_SIZE;
 use crate::devices::bus::BusDevice;
 use crate::devices::irq::IrqLine;
 use crate::GuestMemory;
+use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
     VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
@@ -408,6 +409,43 @@ impl BusDevice for MmioTransport {
             }
         }
     }
+}
+
+/// What the MMIO bus holds for a transport. InterruptStatus reads and InterruptACK writes touch
+/// only the interrupt's atomic bits, so they are answered without the transport's lock: a vCPU
+/// taking an interrupt never waits behind a queue worker that holds the transport through a tap
+/// or disk write. Every other register goes to the transport.
+pub struct MmioWindow {
+    interrupt: VirtioInterrupt,
+    transport: Arc<Mutex<MmioTransport>>,
+}
+
+impl MmioWindow {
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> Self {
+        let interrupt = lock(&transport).interrupt().clone();
+        Self { interrupt, transport }
+    }
+}
+
+impl BusDevice for MmioWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == REG_INTERRUPT_STATUS && data.len() == 4 {
+            data.copy_from_slice(&self.interrupt.status().to_le_bytes());
+        } else {
+            lock(&self.transport).read(offset, data);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset == REG_INTERRUPT_ACK => self.interrupt.ack(u32::from_le_bytes(bytes)),
+            _ => lock(&self.transport).write(offset, data),
+        }
+    }
+}
+
+fn lock(transport: &Mutex<MmioTransport>) -> MutexGuard<'_, MmioTransport> {
+    transport.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -171,3 +171,47 @@ fn queue_sizes_round_down_to_powers_of_two() {
     assert_eq!(power_of_two_below(256), 256);
     assert_eq!(power_of_two_below(u16::MAX), 32768);
 }
+
+#[test]
+fn the_window_answers_interrupt_registers_while_a_worker_holds_the_transport() {
+    let mem = memory();
+    let mut driver = rng_driver(&mem);
+    driver.init(1 << VIRTIO_F_VERSION_1, 1);
+    driver.add_chain(0, &[(DATA, 32, true)]);
+    driver.notify(0);
+    assert!(driver.irq_fired());
+    let idle = MmioTransport::new(mem.clone(), Box::new(Rng::new()), driver.irq.clone());
+    let transport = Arc::new(Mutex::new(std::mem::replace(&mut driver.transport, idle)));
+    let mut window = MmioWindow::new(transport.clone());
+    // A queue worker in the middle of a long device write.
+    let held = transport.lock().unwrap();
+    let (done, answered) = std::sync::mpsc::channel();
+    let vcpu = std::thread::spawn(move || {
+        let mut status = [0u8; 4];
+        window.read(INTERRUPT_STATUS, &mut status);
+        window.write(INTERRUPT_ACK, &status);
+        let mut after = [0u8; 4];
+        window.read(INTERRUPT_STATUS, &mut after);
+        done.send((u32::from_le_bytes(status), u32::from_le_bytes(after)))
+            .unwrap();
+        window
+    });
+    let got = answered.recv_timeout(std::time::Duration::from_secs(10));
+    drop(held);
+    assert_eq!(
+        got,
+        Ok((1, 0)),
+        "InterruptStatus and InterruptACK waited for the transport's lock"
+    );
+    // Every other register is the transport's.
+    let mut window = vcpu.join().unwrap();
+    let mut magic = [0u8; 4];
+    window.read(REG_MAGIC, &mut magic);
+    assert_eq!(u32::from_le_bytes(magic), MAGIC);
+    window.write(REG_STATUS, &0u32.to_le_bytes());
+    assert_eq!(
+        transport.lock().unwrap().read_register(REG_STATUS),
+        0,
+        "the reset reached the transport"
+    );
+}
