@@ -73,7 +73,9 @@ impl PauseGate {
     pub fn leave(&self) {
         let mut state = self.state();
         state.busy -= 1;
-        if state.busy == 0 {
+        // Only a pauser waits for busy to reach zero; a wake-up nobody waits for is still a
+        // futex system call, paid on every round of every device thread.
+        if state.busy == 0 && state.paused {
             self.changed.notify_all();
         }
     }

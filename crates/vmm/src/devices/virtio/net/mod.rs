@@ -4,8 +4,8 @@
 //! with IFF_VNET_HDR and a 12-byte header, the same `virtio_net_hdr_v1` the guest uses, so
 //! checksum and segmentation offload information passes through untouched in both directions.
 //!
-//! - **Transmit** runs synchronously in the vCPU thread that notifies the queue, like the other
-//!   devices here: each chain (header, then frame) becomes one write to the tap.
+//! - **Transmit** runs on the device's queue worker ([`super::notifier`]), woken by the guest's
+//!   notification through an ioeventfd: each chain (header, then frame) becomes one write to the tap.
 //! - **Receive** is driven by the host, so each NIC has a backend thread ([`backend`]) that owns
 //!   the receive queue: it waits in epoll for the tap to be readable and moves frames into the
 //!   buffers the guest posted. When the guest has no buffers left it stops polling the tap, and
