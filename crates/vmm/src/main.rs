@@ -66,6 +66,10 @@ struct Cli {
     /// configured and started through it (the other flags give the defaults)
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// When the VM ends, write its devices' counters (notifications, interrupts, a NIC's frames
+    /// and bytes) to this file as JSON, as GET /metrics shows them
+    #[arg(long, value_name = "FILE")]
+    metrics_path: Option<PathBuf>,
     /// Seccomp filters: each thread (main, API, vCPU, device) may make only the system calls its
     /// work needs; a forbidden call kills the VMM with SIGSYS
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
@@ -143,6 +147,12 @@ fn main() -> ExitCode {
         if let Err(e) = filtered {
             eprintln!("vessel-vmm: {e}");
             return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = cli.metrics_path.clone() {
+        if let Err(e) = vessel_vmm::vm::write_metrics_at_exit(path.clone()) {
+            eprintln!("vessel-vmm: --metrics-path {}: {e}", path.display());
+            return ExitCode::from(2);
         }
     }
     if let Some(snapshot) = cli.restore.clone() {

@@ -7,6 +7,7 @@ use crate::arch::regs::{self, RegsError, StartMode};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::irq::IrqLine;
 use crate::devices::serial::SerialPort;
+use crate::devices::virtio::metrics::DeviceMetrics;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::notifier::{DeviceWorkers, PauseGate, QueueEvents};
 use crate::exit::{ExitSender, VmExit};
@@ -15,8 +16,9 @@ use crate::vcpu::{self, RunControl, VcpuContext};
 use crate::GuestMemory;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,17 @@ pub struct Vm {
     queue_events: Vec<QueueEvents>,
     /// Held by every device thread; closed while the VM is paused.
     pause_gate: Arc<PauseGate>,
+}
+
+/// Where the VM writes its devices' counters when it ends (`--metrics-path`); one VM per process.
+static METRICS_PATH: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the VM write `{"exit": ..., "devices": [...]}` (as in GET /metrics) to `path` when it
+/// ends. The file is created now, so a bad path is refused before the VM is built.
+pub fn write_metrics_at_exit(path: PathBuf) -> std::io::Result<()> {
+    std::fs::File::create(&path)?;
+    let _ = METRICS_PATH.set(path);
+    Ok(())
 }
 
 /// What a snapshot needs beyond KVM: the config the VM was built from, COM1 and the virtio
@@ -372,6 +385,12 @@ impl RunningVm {
         states
     }
 
+    /// What each virtio device did so far (and after `wait`, in all).
+    pub fn device_metrics(&self) -> Vec<DeviceMetrics> {
+        let lock = |t: &Arc<Mutex<MmioTransport>>| t.lock().unwrap_or_else(|p| p.into_inner()).metrics();
+        self.extras.virtio.iter().map(lock).collect()
+    }
+
     /// Blocks until the first exit event, then stops the vCPUs and returns that event.
     pub fn wait(&self) -> VmExit {
         let exit = {
@@ -383,6 +402,15 @@ impl RunningVm {
             })
         };
         self.stop();
+        if let Some(path) = METRICS_PATH.get() {
+            let metrics = serde_json::json!({
+                "exit": exit.to_string(),
+                "devices": self.device_metrics(),
+            });
+            if let Err(e) = std::fs::write(path, format!("{metrics}\n")) {
+                eprintln!("vessel-vmm: metrics: {}: {e}", path.display());
+            }
+        }
         exit
     }
 

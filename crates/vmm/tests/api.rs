@@ -304,9 +304,10 @@ fn configured_through_the_api_then_started_paused_resumed_and_powered_off() {
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["vmm_version"], env!("CARGO_PKG_VERSION"));
     assert!(info["id"].as_str().unwrap().starts_with("vessel-vmm-"), "{info}");
+    let before = api.get("/metrics").expect(200, "").json();
     assert_eq!(
-        api.get("/metrics").expect(200, "").json()["vm_uptime_ms"],
-        Value::Null
+        (&before["vm_uptime_ms"], &before["devices"]),
+        (&Value::Null, &json!([]))
     );
     api.patch("/vm", json!({"state": "Paused"}))
         .expect(409, "not running");
@@ -362,6 +363,14 @@ fn configured_through_the_api_then_started_paused_resumed_and_powered_off() {
     );
     assert!(metrics["paused_ms"].as_u64().unwrap() >= 300, "{metrics}");
     assert!(metrics["vm_uptime_ms"].as_u64().is_some(), "{metrics}");
+    // The disk first (its window comes first), then the rng; this guest drives neither.
+    let kinds: Vec<&Value> = metrics["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["kind"])
+        .collect();
+    assert_eq!(kinds, [&json!("block"), &json!("rng")], "{metrics}");
 
     api.patch("/vm", json!({"state": "Resumed"})).expect(204, "");
     let status = vmm.wait();

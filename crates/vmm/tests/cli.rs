@@ -254,3 +254,49 @@ fn nics_and_vsock_are_created_for_the_vm() {
         "guest CID 1 is reserved",
     );
 }
+
+#[test]
+fn metrics_path_gets_every_devices_counters_when_the_vm_ends() {
+    let dir = Scratch::new("cli", "metrics");
+    let kernel = dir.file("k", &elf_kernel(&[print(b"up\n"), power_off()].concat()));
+    let metrics = dir.0.join("metrics.json");
+    // A private network namespace, so the tap never touches the host's network.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", env!("CARGO_BIN_EXE_vessel-vmm"), "--kernel"])
+        .arg(&kernel)
+        .args(["--memory", "32", "--serial", "stdio", "--net", "tap=vmetric0"])
+        .arg("--metrics-path")
+        .arg(&metrics)
+        .stdin(Stdio::null());
+    if Flavour::detect() == Flavour::Pvm {
+        cmd.arg("--pvm-guest-kernel");
+    }
+    let out = cmd
+        .output()
+        .expect("unshare (util-linux) is needed for this test");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["exit"], "guest powered off", "{text}");
+    let devices = json["devices"].as_array().unwrap();
+    let kinds: Vec<&str> = devices.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["net", "rng"], "{text}");
+    let nic = &devices[0];
+    assert_eq!(nic["id"], "vmetric0", "{text}");
+    // This guest never drives its devices.
+    for counter in [
+        "notifications",
+        "interrupts",
+        "tx_frames",
+        "tx_bytes",
+        "rx_frames",
+        "rx_dropped",
+    ] {
+        assert_eq!(nic[counter], 0, "{counter} in {text}");
+    }
+    assert_one_line_error(
+        &boot(&kernel, &["--metrics-path", "/nonexistent/dir/metrics.json"]),
+        2,
+        "--metrics-path /nonexistent/dir/metrics.json",
+    );
+}

@@ -473,6 +473,10 @@ impl Controller {
             paused_ms: millis(paused),
             api_requests: c.requests,
             api_errors: c.errors,
+            devices: match &self.phase {
+                Phase::Started { vm, .. } => vm.device_metrics(),
+                Phase::NotStarted => Vec::new(),
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 //! error naming it rather than a setting silently ignored. api/openapi.json describes the same
 //! shapes; tests/api.rs checks the two agree.
 
+pub use crate::devices::virtio::metrics::DeviceMetrics;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -143,6 +144,8 @@ pub struct Metrics {
     /// Requests answered, this one included, and how many of them got a 4xx or 5xx.
     pub api_requests: u64,
     pub api_errors: u64,
+    /// One entry per virtio device; empty before the VM starts.
+    pub devices: Vec<DeviceMetrics>,
 }
 
 /// The body of every error response.

@@ -3,6 +3,7 @@
 //! One page per device: 32-bit registers below 0x100, the device configuration space above.
 //! Everything the guest writes is untrusted: bad widths, offsets, orders and values are ignored.
 
+use super::metrics::{self, DeviceMetrics, QueueCounters};
 use super::{VirtioDevice, VirtioInterrupt};
 use crate::arch::layout::VIRTIO_MMIO_SIZE;
 use crate::devices::bus::BusDevice;
@@ -115,6 +116,7 @@ pub struct MmioTransport {
     mem: GuestMemory,
     device: Box<dyn VirtioDevice>,
     interrupt: VirtioInterrupt,
+    counters: Arc<QueueCounters>,
     /// The queue set-up as the driver programs it; copies go to the device on DRIVER_OK.
     queues: Vec<Queue>,
     queue_select: u32,
@@ -133,10 +135,12 @@ impl MmioTransport {
             .iter()
             .map(|&size| Queue::new(power_of_two_below(size)).unwrap_or_default())
             .collect();
+        let counters = Arc::new(QueueCounters::default());
         Self {
             mem,
             device,
-            interrupt: VirtioInterrupt::new(irq),
+            interrupt: VirtioInterrupt::new(irq, counters.clone()),
+            counters,
             queues,
             queue_select: 0,
             device_features_select: 0,
@@ -254,7 +258,10 @@ impl MmioTransport {
             REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
             REG_DRIVER_FEATURES => self.write_driver_features(value),
             REG_QUEUE_SEL => self.queue_select = value,
-            REG_QUEUE_NOTIFY => self.notify_queue(value as usize),
+            REG_QUEUE_NOTIFY => {
+                metrics::add(&self.counters.notifications, 1);
+                self.notify_queue(value as usize)
+            }
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(value),
             REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW..=REG_QUEUE_USED_HIGH
@@ -373,11 +380,39 @@ impl MmioTransport {
         self.queues.len()
     }
 
+    /// The counters shared with the interrupt; the queue worker adds the notifications it takes.
+    pub fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
+    }
+
+    /// What the device did so far.
+    pub fn metrics(&self) -> DeviceMetrics {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        DeviceMetrics {
+            kind: kind_name(self.device.device_type()),
+            id: self.device.id(),
+            notifications: get(&self.counters.notifications),
+            interrupts: get(&self.counters.interrupts),
+            counters: self.device.counters().into_iter().collect(),
+        }
+    }
+
     /// The guest notified queue `index` (through the register or an ioeventfd).
     pub fn notify_queue(&mut self, index: usize) {
         if self.active && index < self.queues.len() && self.device.process_queue(index) {
             self.interrupt.signal_used_queue();
         }
+    }
+}
+
+fn kind_name(device_type: u32) -> &'static str {
+    match device_type {
+        super::net::TYPE_NET => "net",
+        super::TYPE_BLOCK => "block",
+        super::TYPE_CONSOLE => "console",
+        super::TYPE_RNG => "rng",
+        super::vsock::TYPE_VSOCK => "vsock",
+        _ => "other",
     }
 }
 

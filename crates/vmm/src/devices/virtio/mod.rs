@@ -12,12 +12,14 @@
 //! let (base, gsi) = layout::virtio_mmio_window(index);
 //! let irq = IrqLine::new(gsi)?; // and register irq.event() with KVM as an irqfd for gsi
 //! let disk = Block::open(path, read_only, &index.to_string())?;
-//! let transport = MmioTransport::new(mem.clone(), Box::new(disk), irq);
-//! mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+//! let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), Box::new(disk), irq)));
+//! let window = MmioWindow::new(transport.clone()); // the interrupt registers without its lock
+//! mmio_bus.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(window)))?;
 //! ```
 
 pub mod block;
 pub mod console;
+pub mod metrics;
 pub mod mmio;
 pub mod net;
 pub mod notifier;
@@ -33,6 +35,7 @@ pub use rng::Rng;
 
 use crate::devices::irq::IrqLine;
 use crate::GuestMemory;
+use metrics::QueueCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -97,6 +100,14 @@ pub trait VirtioDevice: Send {
     fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
         None
     }
+    /// Which device this is among those of its kind (a NIC's tap), for metrics.
+    fn id(&self) -> String {
+        String::new()
+    }
+    /// The device's own counters, by name, for metrics.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// The device's side of the interrupt: the InterruptStatus bits shared with the transport, and
@@ -105,14 +116,23 @@ pub trait VirtioDevice: Send {
 pub struct VirtioInterrupt {
     status: Arc<AtomicU32>,
     line: IrqLine,
+    /// The transport's counters; interrupts are counted here.
+    counters: Arc<QueueCounters>,
 }
 
 impl VirtioInterrupt {
-    pub fn new(line: IrqLine) -> Self {
+    pub fn new(line: IrqLine, counters: Arc<QueueCounters>) -> Self {
         Self {
             status: Arc::new(AtomicU32::new(0)),
             line,
+            counters,
         }
+    }
+
+    fn raise(&self) {
+        metrics::add(&self.counters.interrupts, 1);
+        // The only failure is a saturated counter, i.e. an interrupt already pending.
+        let _ = self.line.trigger();
     }
 
     /// Used buffers were added to a queue.
@@ -133,8 +153,7 @@ impl VirtioInterrupt {
     /// two register exits, under network load in the lab.)
     fn signal(&self, bit: u32) {
         if self.status.fetch_or(bit, Ordering::SeqCst) == 0 {
-            // The only failure is a saturated counter, i.e. an interrupt already pending.
-            let _ = self.line.trigger();
+            self.raise();
         }
     }
 
@@ -146,14 +165,14 @@ impl VirtioInterrupt {
     pub fn restore_status(&self, bits: u32) {
         self.status.store(bits, Ordering::SeqCst);
         if bits != 0 {
-            let _ = self.line.trigger();
+            self.raise();
         }
     }
 
     fn ack(&self, bits: u32) {
         // Bits set after the guest read the status stay set: they need an interrupt of their own.
         if self.status.fetch_and(!bits, Ordering::SeqCst) & !bits != 0 {
-            let _ = self.line.trigger();
+            self.raise();
         }
     }
 
@@ -242,7 +261,7 @@ mod interrupt_tests {
 
     #[test]
     fn one_edge_per_pending_interrupt_and_another_for_bits_left_after_the_ack() {
-        let interrupt = VirtioInterrupt::new(IrqLine::new(5).unwrap());
+        let interrupt = VirtioInterrupt::new(IrqLine::new(5).unwrap(), Arc::default());
         interrupt.signal_used_queue();
         interrupt.signal_used_queue();
         assert_eq!(

@@ -160,6 +160,7 @@ fn work(device: QueueEvents, gate: &PauseGate, wake: &EventFd) {
         gate.leave();
         true
     };
+    let counters = lock(&device.transport).counters().clone();
     // A restored device may have had a notification in flight when its snapshot was taken.
     for queue in 0..device.events.len() {
         if !process(queue) {
@@ -193,7 +194,8 @@ fn work(device: QueueEvents, gate: &PauseGate, wake: &EventFd) {
             }
             pollfd.revents = 0;
             // Reading resets the counter: several notifications become one pass over the queue.
-            let _ = device.events[queue].read();
+            let notified = device.events[queue].read().unwrap_or(0);
+            super::metrics::add(&counters.notifications, notified);
             if !process(queue) {
                 return;
             }

@@ -11,6 +11,7 @@
 
 use super::tap::Tap;
 use super::{ETH_HLEN, MAX_PACKET, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
+use crate::devices::virtio::metrics::{add, NetCounters};
 use crate::devices::virtio::notifier::PauseGate;
 use crate::devices::virtio::VirtioInterrupt;
 use crate::GuestMemory;
@@ -47,11 +48,18 @@ pub(super) struct RxQueue {
     guest_gso: bool,
     /// Used entries were added since the guest was last considered for an interrupt.
     added: bool,
+    counters: Arc<NetCounters>,
 }
 
 impl RxQueue {
     /// The receive queue of a driver that accepted `features`.
-    pub fn new(mem: GuestMemory, queue: Queue, interrupt: VirtioInterrupt, features: u64) -> Self {
+    pub fn new(
+        mem: GuestMemory,
+        queue: Queue,
+        interrupt: VirtioInterrupt,
+        features: u64,
+        counters: Arc<NetCounters>,
+    ) -> Self {
         let has = |bit: u32| features & (1 << bit) != 0;
         Self {
             mem,
@@ -61,6 +69,7 @@ impl RxQueue {
             guest_csum: has(VIRTIO_NET_F_GUEST_CSUM),
             guest_gso: has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6),
             added: false,
+            counters,
         }
     }
 
@@ -242,7 +251,11 @@ impl Worker {
                 },
             };
             match rx.deliver(&mut self.buf[..len]) {
-                Delivery::Done | Delivery::Dropped => {}
+                Delivery::Done => {
+                    add(&rx.counters.rx_frames, 1);
+                    add(&rx.counters.rx_bytes, (len - VNET_HDR_LEN) as u64);
+                }
+                Delivery::Dropped => add(&rx.counters.rx_dropped, 1),
                 Delivery::NoBuffers { seen } => {
                     self.pending = Some(len);
                     if !rx.rearm(seen) {
@@ -277,6 +290,7 @@ impl Worker {
             if len >= VNET_HDR_LEN + ETH_HLEN && rx.accepts(&mut self.buf[..VNET_HDR_LEN]) {
                 return Some(len);
             }
+            add(&rx.counters.rx_dropped, 1);
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::backend::{Backend, RxQueue};
 use super::tap::{NetError, Tap};
 use super::{ETH_HLEN, MAX_PACKET, TYPE_NET, VNET_HDR_LEN};
+use crate::devices::virtio::metrics::{add, NetCounters};
 use crate::devices::virtio::notifier::PauseGate;
 use crate::devices::virtio::{
     check_queue_count, drain_queue, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt,
@@ -48,6 +49,7 @@ pub struct Net {
     tx_buf: Vec<u8>,
     /// Held by the receive thread around each round; closed while the VM is paused.
     gate: Arc<PauseGate>,
+    counters: Arc<NetCounters>,
 }
 
 struct Active {
@@ -76,6 +78,7 @@ impl Net {
             active: None,
             tx_buf: Vec::new(),
             gate: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -139,7 +142,13 @@ impl VirtioDevice for Net {
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Ok(());
         };
-        let rx_queue = Arc::new(Mutex::new(RxQueue::new(mem.clone(), rx, interrupt, self.acked)));
+        let rx_queue = Arc::new(Mutex::new(RxQueue::new(
+            mem.clone(),
+            rx,
+            interrupt,
+            self.acked,
+            self.counters.clone(),
+        )));
         let rx = match Backend::spawn(self.tap.clone(), rx_queue.clone(), self.gate.clone()) {
             Ok(backend) => Some(backend),
             Err(e) => {
@@ -170,8 +179,15 @@ impl VirtioDevice for Net {
             }
             TX => {
                 let (tap, buf, mem) = (&self.tap, &mut self.tx_buf, &active.mem);
+                let counters = &self.counters;
                 drain_queue(&mut active.tx, mem, |chain| {
-                    transmit(tap, buf, mem, chain);
+                    match transmit(tap, buf, mem, chain) {
+                        Some(len) => {
+                            add(&counters.tx_frames, 1);
+                            add(&counters.tx_bytes, len as u64);
+                        }
+                        None => add(&counters.tx_dropped, 1),
+                    }
                     Some(0)
                 })
             }
@@ -187,6 +203,14 @@ impl VirtioDevice for Net {
 
     fn set_pause_gate(&mut self, gate: Arc<PauseGate>) {
         self.gate = gate;
+    }
+
+    fn id(&self) -> String {
+        self.tap.name().to_owned()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.counters.named()
     }
 
     /// Both queues' positions. Called with the VM paused, so the receive thread is outside its
@@ -222,21 +246,24 @@ pub(super) fn tun_offloads(acked: u64) -> u32 {
     flags
 }
 
-/// Sends one chain (virtio header, frame) to the tap. Malformed chains and frames the tap refuses
-/// are dropped, as a NIC drops bad frames; the chain goes back to the guest either way.
-fn transmit(tap: &Tap, buf: &mut Vec<u8>, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) {
-    let Ok(mut reader) = Reader::new(mem, chain) else {
-        return;
-    };
+/// Sends one chain (virtio header, frame) to the tap; returns the frame's length, or None if it
+/// was dropped. Malformed chains and frames the tap refuses are dropped, as a NIC drops bad
+/// frames; the chain goes back to the guest either way.
+fn transmit(
+    tap: &Tap,
+    buf: &mut Vec<u8>,
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+) -> Option<usize> {
+    let mut reader = Reader::new(mem, chain).ok()?;
     let len = reader.available_bytes();
     if !(VNET_HDR_LEN + ETH_HLEN..=MAX_PACKET).contains(&len) {
-        return;
+        return None;
     }
     buf.resize(len, 0);
-    if reader.read_exact(buf).is_ok() {
-        // The kernel checks the header (EINVAL); EAGAIN is a full host queue. Both drop the frame.
-        let _ = tap.write_frame(buf);
-    }
+    reader.read_exact(buf).ok()?;
+    // The kernel checks the header (EINVAL); EAGAIN is a full host queue. Both drop the frame.
+    tap.write_frame(buf).ok().map(|_| len - VNET_HDR_LEN)
 }
 
 /// A random unicast, locally administered MAC. RandomState is seeded from the OS per process and

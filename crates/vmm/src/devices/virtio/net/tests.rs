@@ -365,6 +365,19 @@ fn tx_frame_reaches_the_host_stack() {
         let (n, from) = socket.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], payload);
         assert_eq!(from, SocketAddr::from((GUEST_IP, 4000)));
+        let metrics = driver.transport.metrics();
+        assert_eq!((metrics.kind, metrics.id.as_str()), ("net", "vtx0"));
+        assert_eq!((metrics.notifications, metrics.interrupts), (1, 1));
+        let counters = metrics.counters;
+        assert_eq!(
+            (
+                counters["tx_frames"],
+                counters["tx_bytes"],
+                counters["tx_dropped"]
+            ),
+            (1, frame.len() as u64, 0),
+            "{counters:?}"
+        );
     });
 }
 
@@ -429,6 +442,11 @@ fn rx_frame_lands_in_a_posted_buffer_with_header_and_interrupt() {
         assert_eq!(&frame[42..], b"hello guest");
         wait_for("the interrupt", || driver.irq_fired());
         assert_eq!(driver.read32(INTERRUPT_STATUS) & 1, 1);
+        // The host may have sent more (neighbour discovery): at least this frame was counted.
+        let counters = driver.transport.metrics().counters;
+        assert!(counters["rx_frames"] >= 1, "{counters:?}");
+        assert!(counters["rx_bytes"] >= frame.len() as u64, "{counters:?}");
+        assert_eq!(counters["rx_dropped"], 0, "{counters:?}");
     });
 }
 
@@ -641,6 +659,12 @@ fn malformed_chains_do_not_stop_the_device() {
         let mut buf = [0u8; 16];
         let n = socket.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"good");
+        let counters = driver.transport.metrics().counters;
+        assert_eq!(
+            (counters["tx_frames"], counters["tx_dropped"]),
+            (1, 7),
+            "{counters:?}"
+        );
     });
 }
 
