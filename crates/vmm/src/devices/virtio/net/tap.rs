@@ -138,6 +138,20 @@ impl Tap {
         (&self.file).write(buf)
     }
 
+    /// Writes one frame, virtio header first, gathered from `pieces` with one writev(2).
+    ///
+    /// # Safety
+    /// Every iovec must point at `iov_len` readable bytes that stay mapped for the call (guest
+    /// memory held by the caller). Their contents may change meanwhile (the guest owns them); the
+    /// kernel copies the header once and checks it.
+    pub unsafe fn write_frame_gathered(&self, pieces: &[libc::iovec]) -> io::Result<usize> {
+        let count =
+            libc::c_int::try_from(pieces.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the caller guarantees the buffers; writev only reads them and `pieces`.
+        let written = unsafe { libc::writev(self.file.as_raw_fd(), pieces.as_ptr(), count) };
+        usize::try_from(written).map_err(|_| io::Error::last_os_error())
+    }
+
     fn error(&self, op: &'static str, source: io::Error) -> NetError {
         NetError::Io {
             tap: self.name.clone(),

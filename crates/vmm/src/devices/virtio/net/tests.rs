@@ -382,6 +382,31 @@ fn tx_frame_reaches_the_host_stack() {
 }
 
 #[test]
+fn a_frame_in_more_pieces_than_gathered_still_goes_out() {
+    in_netns(|| {
+        let mem = memory();
+        let mut driver = nic(&mem, "vtxsg0", 0);
+        host_side("vtxsg0", 0, GUEST_MAC);
+        let socket = host_socket(5008);
+        let payload = [b'p'; 100];
+        let frame = udp_frame((GUEST_IP, 4000), (HOST_IP, 5008), &payload, 0);
+        driver.write_mem(TX_BUF, &[0; VNET_HDR_LEN]);
+        driver.write_mem(TX_BUF + 0x100, &frame);
+        // The header, then the frame one byte a descriptor: more pieces than one writev takes.
+        let mut bufs = vec![(TX_BUF, VNET_HDR_LEN as u32, false)];
+        bufs.extend((0..frame.len() as u64).map(|i| (TX_BUF + 0x100 + i, 1, false)));
+        assert!(bufs.len() > 64);
+        driver.add_indirect_chain(TXQ, TX_BUF + 0x1_0000, &bufs);
+        driver.notify(TXQ);
+        assert_eq!(driver.used(TXQ).len(), 1);
+        let mut buf = [0u8; 128];
+        let n = socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], payload);
+        assert_eq!(driver.transport.metrics().counters["tx_frames"], 1);
+    });
+}
+
+#[test]
 fn tx_header_passes_to_the_tap() {
     in_netns(|| {
         let mem = memory();
