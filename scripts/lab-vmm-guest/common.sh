@@ -10,6 +10,8 @@
 #   bin/vsock-echo     scripts/lab-vmm-guest/vsock-echo.c, static (gcc -static): vsock and unix-socket echo
 #                      server and client, for level 1 and (in the initramfs, /bin/vsock-echo) level 2
 #   bin/api-call       scripts/lab-vmm-guest/api-call.c, static: one HTTP request to vessel-vmm's API socket
+#   bin/tcp-bulk       scripts/lab-vmm-guest/tcp-bulk.c, static: bulk TCP sender and sink (64 KiB writes and
+#                      reads) for the throughput benchmark, in level 1 and (/bin/tcp-bulk) level 2
 #                      (level 1's busybox has no HTTP client for unix sockets)
 #   l1/tun.ko          level 1's tun module (vmlab loads only kvm_amd and 9p): /dev/net/tun for the taps
 #   bin/vessel-vmm     static (LAB_VMM=vessel)
@@ -91,7 +93,7 @@ lv_initramfs() {
   root=$(mktemp -d -t lab-vmm-initramfs.XXXXXX)
   mkdir -p "$root"/{bin,dev,proc,sys,mnt,tmp,lib/modules}
   cp /bin/busybox "$root/bin/"
-  cp "$lab/bin/vsock-echo" "$root/bin/"
+  cp "$lab/bin/vsock-echo" "$lab/bin/tcp-bulk" "$root/bin/"
   # vmlab skips built-in modules and adds each module's dependencies (modules.dep; not softdeps) in load order.
   VMLAB_KERNEL=$pkg "$top/scripts/vmlab" modules "$root/lib/modules" "$@" >/dev/null ||
     lv_die "scripts/vmlab modules failed for $pkg"
@@ -138,6 +140,8 @@ lv_net() {
     lv_die "gcc -static could not build scripts/lab-vmm-guest/vsock-echo.c"
   gcc -static -O2 -s -Wall -o "$lab/bin/api-call" "$top/scripts/lab-vmm-guest/api-call.c" ||
     lv_die "gcc -static could not build scripts/lab-vmm-guest/api-call.c"
+  gcc -static -O2 -s -Wall -o "$lab/bin/tcp-bulk" "$top/scripts/lab-vmm-guest/tcp-bulk.c" ||
+    lv_die "gcc -static could not build scripts/lab-vmm-guest/tcp-bulk.c"
   # Level 1 runs vmlab's kernel: VMLAB_KERNEL (or the standard one), as vmlab run will pick it.
   "$top/scripts/vmlab" modules "$lab/l1" tun >/dev/null || lv_die "scripts/vmlab modules could not find tun"
   head -c 2097152 /dev/urandom > "$lab/net-h2g.bin"

@@ -96,7 +96,7 @@ boot_l2() {
       [ -z "$_vsock" ] || _dev="$_dev --vsock cid=${_vsock%%,*},path=${_vsock#*,}"
       # shellcheck disable=SC2086 # $_dev is a list of arguments
       set -- /lab/bin/vessel-vmm --kernel "$_kernel" --initrd "$_initrd" --cmdline "$_cmdline" \
-        --cpus "$L2_CPUS" --memory "$L2_MEM" --serial stdio $_dev
+        --cpus "$L2_CPUS" --memory "$L2_MEM" --serial stdio --metrics-path "$_out.metrics" $_dev
       ;;
     qemu)
       _dev='' _n=0
