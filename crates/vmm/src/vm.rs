@@ -211,7 +211,14 @@ impl Vm {
                 return Ok(());
             }
         }
-        self.queue_events.push(device);
+        let taken = device
+            .transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_queue_events(&device.events);
+        if !taken {
+            self.queue_events.push(device);
+        }
         Ok(())
     }
 

@@ -385,6 +385,12 @@ impl MmioTransport {
         &self.counters
     }
 
+    /// Offers the device the eventfds of its queue notifications (see
+    /// `VirtioDevice::take_queue_events`); true if it waits on them itself.
+    pub fn take_queue_events(&mut self, events: &[vmm_sys_util::eventfd::EventFd]) -> bool {
+        self.device.take_queue_events(events)
+    }
+
     /// What the device did so far.
     pub fn metrics(&self) -> DeviceMetrics {
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

@@ -108,6 +108,13 @@ pub trait VirtioDevice: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// KVM signals the guest's notifications of the device's queues on `events` (one per queue).
+    /// A device with a thread of its own may keep copies and wait on them there, returning
+    /// true; otherwise (false) the VM's queue worker for the device waits on them and calls
+    /// `process_queue`.
+    fn take_queue_events(&mut self, _events: &[vmm_sys_util::eventfd::EventFd]) -> bool {
+        false
+    }
 }
 
 /// The device's side of the interrupt: the InterruptStatus bits shared with the transport, and
@@ -127,6 +134,11 @@ impl VirtioInterrupt {
             line,
             counters,
         }
+    }
+
+    /// The transport's counters (a device that waits on its own notifications counts them).
+    pub fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
     }
 
     fn raise(&self) {

@@ -1,24 +1,30 @@
-//! The receive side: one thread per NIC moves frames from the tap into the guest's buffers.
+//! The NIC's thread, and the receive side: frames from the tap into the guest's buffers.
 //!
-//! The receive queue is the thread's: the device side only writes two eventfds, `kick` (the guest
-//! posted buffers) and `stop` (reset or drop; the thread is joined before the queue's memory goes
-//! away), and reads the queue's position for a snapshot. The thread locks the queue (uncontended)
-//! and holds the VM's pause gate for each round of filling, so a paused VM stands still.
+//! One thread per NIC serves the tap and both queues. It waits on the eventfds KVM signals the
+//! guest's queue notifications on (when the device was given them), on `kick` (the guest posted
+//! receive buffers through an MMIO exit instead) and `stop` (reset or drop; the thread is joined
+//! before the queues' memory goes away). Each round sends what the transmit queue holds, then
+//! moves what the tap holds into receive buffers, then interrupts the guest once if either side
+//! needs it: a transmitted frame's answer (a TCP ACK) is often in the tap by the time the write
+//! returns, and goes to the guest with the same interrupt. The thread locks the queues (the
+//! device side takes them only for an MMIO-exit notification or a snapshot) and holds the VM's
+//! pause gate for each round, so a paused VM stands still.
 //!
 //! The thread polls the tap only while the guest has buffers. When they run out it keeps the frame
-//! in hand, asks the guest for a notification and waits for the kick; frames arriving meanwhile
-//! wait in the tap's queue (and the kernel drops past its length, as a full NIC ring would).
+//! in hand, asks the guest for a notification and waits for it; frames arriving meanwhile wait
+//! in the tap's queue (and the kernel drops past its length, as a full NIC ring would).
 
 use super::tap::Tap;
+use super::tx::TxQueue;
 use super::{ETH_HLEN, MAX_PACKET, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
-use crate::devices::virtio::metrics::{add, NetCounters};
+use crate::devices::virtio::metrics::{add, NetCounters, QueueCounters};
 use crate::devices::virtio::notifier::PauseGate;
 use crate::devices::virtio::VirtioInterrupt;
 use crate::GuestMemory;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
@@ -31,6 +37,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 const TOKEN_TAP: u64 = 0;
 const TOKEN_KICK: u64 = 1;
 const TOKEN_STOP: u64 = 2;
+const TOKEN_RX_NOTIFY: u64 = 3;
+const TOKEN_TX_NOTIFY: u64 = 4;
+
+/// Copies of the eventfds KVM signals the guest's notifications of each queue on.
+pub(super) struct QueueNotifications {
+    pub rx: EventFd,
+    pub tx: EventFd,
+}
 /// Frames delivered before the guest is interrupted and stop is checked again, so a busy tap
 /// neither starves the guest of interrupts nor delays a reset.
 const BUDGET: usize = 64;
@@ -88,19 +102,36 @@ pub(super) struct Backend {
 }
 
 impl Backend {
-    pub fn spawn(tap: Arc<Tap>, rx: Arc<Mutex<RxQueue>>, gate: Arc<PauseGate>) -> io::Result<Self> {
+    pub fn spawn(
+        tap: Arc<Tap>,
+        rx: Arc<Mutex<RxQueue>>,
+        tx: Arc<Mutex<TxQueue>>,
+        gate: Arc<PauseGate>,
+        notifications: Option<Arc<QueueNotifications>>,
+    ) -> io::Result<Self> {
         let kick = Arc::new(EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?);
         let stop = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
         let epoll = Epoll::new()?;
-        for (fd, token) in [(kick.as_raw_fd(), TOKEN_KICK), (stop.as_raw_fd(), TOKEN_STOP)] {
+        let mut fds = vec![(kick.as_raw_fd(), TOKEN_KICK), (stop.as_raw_fd(), TOKEN_STOP)];
+        if let Some(n) = &notifications {
+            fds.extend([
+                (n.rx.as_raw_fd(), TOKEN_RX_NOTIFY),
+                (n.tx.as_raw_fd(), TOKEN_TX_NOTIFY),
+            ]);
+        }
+        for (fd, token) in fds {
             let event = EpollEvent::new(EventSet::IN, token);
             epoll.ctl(ControlOperation::Add, fd, event)?;
         }
+        let counters = lock(&rx).interrupt.counters().clone();
         // Thread names are cut at 15 bytes by the kernel; the tap's name says which NIC.
         let name: String = format!("net-{}", tap.name()).chars().take(15).collect();
         let worker = Worker {
             tap,
             rx,
+            tx,
+            notifications,
+            counters,
             gate,
             epoll,
             kick: kick.clone(),
@@ -161,6 +192,10 @@ enum Delivery {
 struct Worker {
     tap: Arc<Tap>,
     rx: Arc<Mutex<RxQueue>>,
+    tx: Arc<Mutex<TxQueue>>,
+    notifications: Option<Arc<QueueNotifications>>,
+    /// Where the guest's notifications are counted.
+    counters: Arc<QueueCounters>,
     gate: Arc<PauseGate>,
     epoll: Epoll,
     kick: Arc<EventFd>,
@@ -174,13 +209,17 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let mut events = [EpollEvent::default(); 4];
+        let mut events = [EpollEvent::default(); 8];
+        // A restored device may have had a transmit notification in flight when its snapshot was
+        // taken: the first round looks at the transmit queue (harmless when it is empty).
+        let mut transmit = true;
         loop {
             // A closed gate means the VM is ending: its memory must not be touched any more.
             if !self.gate.enter() {
                 return;
             }
-            let wait = self.fill();
+            let sent = std::mem::take(&mut transmit) && lock(&self.tx).drain();
+            let wait = self.fill(sent);
             self.gate.leave();
             self.poll_tap(matches!(wait, Wait::Tap) && !self.tap_broken);
             let timeout = if matches!(wait, Wait::Nothing) { 0 } else { -1 };
@@ -197,6 +236,17 @@ impl Worker {
                     TOKEN_STOP => return,
                     TOKEN_KICK => {
                         let _ = self.kick.read();
+                    }
+                    TOKEN_RX_NOTIFY | TOKEN_TX_NOTIFY => {
+                        let Some(n) = &self.notifications else { continue };
+                        let fd = if event.data() == TOKEN_TX_NOTIFY {
+                            &n.tx
+                        } else {
+                            &n.rx
+                        };
+                        // Reading resets the counter: several notifications become one round.
+                        add(&self.counters.notifications, fd.read().unwrap_or(0));
+                        transmit |= event.data() == TOKEN_TX_NOTIFY;
                     }
                     // epoll reports errors even on an idle registration: the interface is gone.
                     TOKEN_TAP if event.event_set().intersects(EventSet::ERROR | EventSet::HANG_UP) => {
@@ -228,13 +278,16 @@ impl Worker {
     }
 
     /// Moves frames from the tap into the guest's buffers until one runs out, then interrupts
-    /// the guest if it asked to be.
-    fn fill(&mut self) -> Wait {
+    /// the guest if it asked to be, or if `sent` says the transmit side needs it.
+    fn fill(&mut self, sent: bool) -> Wait {
         let shared = self.rx.clone();
         let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
         // A plain reference, so the queue and the memory it reads can be borrowed apart.
         let rx = &mut *guard;
         if !rx.queue.ready() {
+            if sent {
+                rx.interrupt.signal_used_queue();
+            }
             return Wait::Kick;
         }
         let _ = rx.queue.disable_notification(&rx.mem);
@@ -265,7 +318,8 @@ impl Worker {
                 }
             }
         }
-        if std::mem::take(&mut rx.added) && rx.queue.needs_notification(&rx.mem).unwrap_or(true) {
+        let received = std::mem::take(&mut rx.added) && rx.queue.needs_notification(&rx.mem).unwrap_or(true);
+        if received || sent {
             rx.interrupt.signal_used_queue();
         }
         wait
@@ -401,4 +455,8 @@ fn give_back(queue: &mut Queue, count: usize) {
     for _ in 0..count {
         queue.go_to_previous_position();
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

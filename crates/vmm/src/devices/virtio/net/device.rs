@@ -1,26 +1,26 @@
-//! The virtio-net device: features, configuration space, queue hand-over, and transmit.
+//! The virtio-net device: features, configuration space, and the hand-over of its queues to
+//! the NIC's thread.
 
-use super::backend::{Backend, RxQueue};
+use super::backend::{Backend, QueueNotifications, RxQueue};
 use super::tap::{NetError, Tap};
-use super::{ETH_HLEN, MAX_PACKET, TYPE_NET, VNET_HDR_LEN};
-use crate::devices::virtio::metrics::{add, NetCounters};
+use super::tx::TxQueue;
+use super::TYPE_NET;
+use crate::devices::virtio::metrics::NetCounters;
 use crate::devices::virtio::notifier::PauseGate;
 use crate::devices::virtio::{
-    check_queue_count, drain_queue, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt,
-    BASE_FEATURES,
+    check_queue_count, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, BASE_FEATURES,
 };
 use crate::GuestMemory;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueState, Reader};
-use vm_memory::GuestMemoryBackend;
+use virtio_queue::{Queue, QueueState};
+use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
@@ -46,17 +46,17 @@ pub struct Net {
     /// The features the driver accepted, as far as the device was told (see `ack_features`).
     acked: u64,
     active: Option<Active>,
-    /// The bounce buffer transmitted frames move through.
-    tx_buf: Vec<u8>,
-    /// Held by the receive thread around each round; closed while the VM is paused.
+    /// Held by the NIC's thread around each round; closed while the VM is paused.
     gate: Arc<PauseGate>,
     counters: Arc<NetCounters>,
+    /// The eventfds KVM signals the guest's queue notifications on, when it does: the NIC's
+    /// thread waits on them itself (see `take_queue_events`).
+    notifications: Option<Arc<QueueNotifications>>,
 }
 
 struct Active {
-    mem: GuestMemory,
-    tx: Queue,
-    /// Shared with the receive thread, which locks it for each round of filling buffers.
+    /// Shared with the NIC's thread, which locks each for its rounds.
+    tx: Arc<Mutex<TxQueue>>,
     rx_queue: Arc<Mutex<RxQueue>>,
     /// None only if the thread could not be started; receive is then dead until a reset.
     rx: Option<Backend>,
@@ -77,9 +77,9 @@ impl Net {
             mac,
             acked: 0,
             active: None,
-            tx_buf: Vec::new(),
             gate: Arc::default(),
             counters: Arc::default(),
+            notifications: None,
         }
     }
 
@@ -143,27 +143,36 @@ impl VirtioDevice for Net {
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Ok(());
         };
-        let rx_queue = Arc::new(Mutex::new(RxQueue::new(
+        let tx = Arc::new(Mutex::new(TxQueue::new(
             mem.clone(),
+            tx,
+            self.tap.clone(),
+            self.counters.clone(),
+        )));
+        let rx_queue = Arc::new(Mutex::new(RxQueue::new(
+            mem,
             rx,
             interrupt,
             self.acked,
             self.counters.clone(),
         )));
-        let rx = match Backend::spawn(self.tap.clone(), rx_queue.clone(), self.gate.clone()) {
+        let backend = Backend::spawn(
+            self.tap.clone(),
+            rx_queue.clone(),
+            tx.clone(),
+            self.gate.clone(),
+            self.notifications.clone(),
+        );
+        let rx = match backend {
             Ok(backend) => Some(backend),
             Err(e) => {
-                // Only resource exhaustion gets here; the guest still transmits.
-                eprintln!("vessel-vmm: tap {}: no receive thread: {e}", self.tap.name());
+                // Only resource exhaustion gets here; the guest still transmits through MMIO exits
+                // (KVM's eventfds are then nobody's: the vCPU path below is the only one).
+                eprintln!("vessel-vmm: tap {}: no NIC thread: {e}", self.tap.name());
                 None
             }
         };
-        self.active = Some(Active {
-            mem,
-            tx,
-            rx_queue,
-            rx,
-        });
+        self.active = Some(Active { tx, rx_queue, rx });
         Ok(())
     }
 
@@ -178,20 +187,7 @@ impl VirtioDevice for Net {
                 }
                 false
             }
-            TX => {
-                let (tap, buf, mem) = (&self.tap, &mut self.tx_buf, &active.mem);
-                let counters = &self.counters;
-                drain_queue(&mut active.tx, mem, |chain| {
-                    match transmit(tap, buf, mem, chain) {
-                        Some(len) => {
-                            add(&counters.tx_frames, 1);
-                            add(&counters.tx_bytes, len as u64);
-                        }
-                        None => add(&counters.tx_dropped, 1),
-                    }
-                    Some(0)
-                })
-            }
+            TX => lock(&active.tx).drain(),
             _ => false,
         }
     }
@@ -214,6 +210,24 @@ impl VirtioDevice for Net {
         self.counters.named()
     }
 
+    /// The NIC's thread serves both queues and the tap: after sending what the guest queued it
+    /// takes what the tap holds for the guest (often the peer's answer to those very frames, put
+    /// there during the write) and interrupts once for both. Called while the VM is built,
+    /// before any activation.
+    fn take_queue_events(&mut self, events: &[EventFd]) -> bool {
+        let [rx, tx] = events else {
+            return false;
+        };
+        match (rx.try_clone(), tx.try_clone()) {
+            (Ok(rx), Ok(tx)) => {
+                self.notifications = Some(Arc::new(QueueNotifications { rx, tx }));
+                true
+            }
+            // Out of descriptors: the VM's generic queue worker serves this NIC's queues instead.
+            _ => false,
+        }
+    }
+
     /// Both queues' positions. Called with the VM paused, so the receive thread is outside its
     /// round; a frame it had read but not yet placed (waiting for buffers) is not saved: the guest
     /// sees it as lost on the wire, which TCP and every other protocol on Ethernet survive.
@@ -221,13 +235,13 @@ impl VirtioDevice for Net {
         let Some(active) = &self.active else {
             return Some(Vec::new());
         };
-        let rx = active
-            .rx_queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .queue_state();
-        Some(vec![rx, active.tx.state()])
+        let rx = lock(&active.rx_queue).queue_state();
+        Some(vec![rx, lock(&active.tx).queue_state()])
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The `TUN_F_*` offloads the guest can receive, given its accepted features.
@@ -245,96 +259,6 @@ pub(super) fn tun_offloads(acked: u64) -> u32 {
         flags |= libc::TUN_F_TSO6;
     }
     flags
-}
-
-/// Sends one chain (virtio header, frame) to the tap; returns the frame's length, or None if it
-/// was dropped. Malformed chains and frames the tap refuses are dropped, as a NIC drops bad
-/// frames; the chain goes back to the guest either way.
-///
-/// The tap reads the frame straight from guest memory (one writev over the chain's buffers):
-/// under load, copying every frame into a bounce buffer first cost as much as the write.
-/// Chains of more pieces than [`MAX_PIECES`] take the copy.
-fn transmit(
-    tap: &Tap,
-    buf: &mut Vec<u8>,
-    mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
-) -> Option<usize> {
-    let mut pieces = [EMPTY_PIECE; MAX_PIECES];
-    match gather(mem, chain.clone(), &mut pieces) {
-        Gathered::Pieces(count, len) => {
-            if !(VNET_HDR_LEN + ETH_HLEN..=MAX_PACKET).contains(&len) {
-                return None;
-            }
-            // SAFETY: `gather` took every piece from `mem`, which this function borrows, so the
-            // memory stays mapped until writev returns.
-            let written = unsafe { tap.write_frame_gathered(&pieces[..count]) };
-            written.ok().map(|_| len - VNET_HDR_LEN)
-        }
-        Gathered::Malformed => None,
-        Gathered::TooManyPieces => transmit_copy(tap, buf, mem, chain),
-    }
-}
-
-/// The most pieces a frame is gathered from; Linux sends a header, the linear part and at most
-/// 17 page fragments.
-const MAX_PIECES: usize = 64;
-const EMPTY_PIECE: libc::iovec = libc::iovec {
-    iov_base: std::ptr::null_mut(),
-    iov_len: 0,
-};
-
-enum Gathered {
-    /// How many pieces, and their total length.
-    Pieces(usize, usize),
-    /// Outside guest memory, or longer than any frame.
-    Malformed,
-    TooManyPieces,
-}
-
-/// The device-readable buffers of `chain` as iovecs over guest memory.
-fn gather(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, pieces: &mut [libc::iovec]) -> Gathered {
-    let (mut count, mut len) = (0, 0usize);
-    for desc in chain.readable() {
-        len = match len.checked_add(desc.len() as usize) {
-            Some(len) if len <= MAX_PACKET => len,
-            _ => return Gathered::Malformed,
-        };
-        // A buffer may span guest memory regions: one piece per region.
-        for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), desc.len() as usize) {
-            let Ok(slice) = slice else {
-                return Gathered::Malformed;
-            };
-            let Some(piece) = pieces.get_mut(count) else {
-                return Gathered::TooManyPieces;
-            };
-            // The guard only matters for Xen's foreign mappings; ours are plain mmaps.
-            *piece = libc::iovec {
-                iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
-                iov_len: slice.len(),
-            };
-            count += 1;
-        }
-    }
-    Gathered::Pieces(count, len)
-}
-
-/// `transmit` through a bounce buffer, for chains of many pieces.
-fn transmit_copy(
-    tap: &Tap,
-    buf: &mut Vec<u8>,
-    mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
-) -> Option<usize> {
-    let mut reader = Reader::new(mem, chain).ok()?;
-    let len = reader.available_bytes();
-    if !(VNET_HDR_LEN + ETH_HLEN..=MAX_PACKET).contains(&len) {
-        return None;
-    }
-    buf.resize(len, 0);
-    reader.read_exact(buf).ok()?;
-    // The kernel checks the header (EINVAL); EAGAIN is a full host queue. Both drop the frame.
-    tap.write_frame(buf).ok().map(|_| len - VNET_HDR_LEN)
 }
 
 /// A random unicast, locally administered MAC. RandomState is seeded from the OS per process and

@@ -24,6 +24,7 @@ mod device;
 mod tap;
 #[cfg(test)]
 mod tests;
+mod tx;
 
 pub use device::Net;
 pub use tap::{check_name as check_tap_name, NetError, Tap, MAX_NAME_LEN};

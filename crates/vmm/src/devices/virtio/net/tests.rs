@@ -18,6 +18,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_net::*;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
@@ -403,6 +404,58 @@ fn a_frame_in_more_pieces_than_gathered_still_goes_out() {
         let n = socket.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], payload);
         assert_eq!(driver.transport.metrics().counters["tx_frames"], 1);
+    });
+}
+
+/// With KVM's notification eventfds (as a VM gives them), the NIC's thread serves both queues:
+/// receive buffers and transmitted frames are taken without any MMIO exit, and counted.
+#[test]
+fn the_nics_thread_serves_both_queues_from_notification_eventfds() {
+    in_netns(|| {
+        let mem = memory();
+        let mut net = Net::new("vev0", Some(GUEST_MAC)).unwrap();
+        let events = [
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ];
+        assert!(
+            net.take_queue_events(&events),
+            "a NIC waits on its notifications itself"
+        );
+        net.ack_features(BASE_FEATURES);
+        let mut driver = Driver::new(&mem, Box::new(net));
+        driver.init(BASE_FEATURES, 2);
+        host_side("vev0", 0, GUEST_MAC);
+        let socket = host_socket(5009);
+        // Receive buffers, offered through the receive queue's eventfd.
+        for i in 0..4 {
+            driver.add_chain(RXQ, &[(RX_BUF + i * 0x1000, 2048, true)]);
+        }
+        events[RXQ].write(1).unwrap();
+        socket.send_to(b"answer", (GUEST_IP, 7009)).unwrap();
+        let frame = udp_frame((GUEST_IP, 4000), (HOST_IP, 5009), b"question", 0);
+        driver.write_mem(TX_BUF, &[0; VNET_HDR_LEN]);
+        driver.write_mem(TX_BUF + 0x100, &frame);
+        driver.add_chain(
+            TXQ,
+            &[
+                (TX_BUF, VNET_HDR_LEN as u32, false),
+                (TX_BUF + 0x100, frame.len() as u32, false),
+            ],
+        );
+        events[TXQ].write(1).unwrap();
+        wait_for("the transmit chain back", || driver.used(TXQ).len() == 1);
+        let mut buf = [0u8; 16];
+        let n = socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"question");
+        wait_for("the answer in the guest", || {
+            let used = driver.used(RXQ);
+            (0..used.len()).any(|i| udp_dport(&received(&driver, i, rx_page).frame) == Some(7009))
+        });
+        wait_for("the interrupt", || driver.irq_fired());
+        let metrics = driver.transport.metrics();
+        assert_eq!(metrics.notifications, 2, "both eventfd notifications counted");
+        assert_eq!(metrics.counters["tx_frames"], 1);
     });
 }
 
