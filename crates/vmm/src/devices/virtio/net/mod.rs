@@ -4,18 +4,24 @@
 //! with IFF_VNET_HDR and a 12-byte header, the same `virtio_net_hdr_v1` the guest uses, so
 //! checksum and segmentation offload information passes through untouched in both directions.
 //!
-//! - **Transmit** runs on the device's queue worker ([`super::notifier`]), woken by the guest's
-//!   notification through an ioeventfd: each chain (header, then frame) becomes one write to the tap.
-//! - **Receive** is driven by the host, so each NIC has a backend thread ([`backend`]) that owns
-//!   the receive queue: it waits in epoll for the tap to be readable and moves frames into the
-//!   buffers the guest posted. When the guest has no buffers left it stops polling the tap, and
-//!   the guest's next notification of the receive queue (an eventfd kick) wakes it.
+//! Each NIC has one thread ([`backend`]) for the tap and both queues, woken by the guest's
+//! notifications (the eventfds KVM signals them on) and by the tap:
+//!
+//! - **Transmit** ([`tx`]): each chain (header, then frame) becomes one writev to the tap, read
+//!   straight from guest memory.
+//! - **Receive**: frames from the tap go into the buffers the guest posted. When the guest has no
+//!   buffers left the thread stops polling the tap until the guest's next notification of the
+//!   receive queue.
+//!
+//! A round does both and interrupts the guest once. Without KVM's eventfds (it refused them),
+//! a transmit notification is served in the vCPU thread that made it, and a receive one wakes
+//! the thread.
 //!
 //! Offloads towards the guest (`TUNSETOFFLOAD`) follow the guest's negotiated features, which the
 //! device learns through [`Net::ack_features`]; until told, it asks the tap for none, which is
 //! always safe (plain frames with full checksums).
 //!
-//! A device reset stops the backend thread and keeps the tap, so a guest that reloads its driver
+//! A device reset stops the NIC's thread and keeps the tap, so a guest that reloads its driver
 //! finds the same interface (with the address or bridge the host gave it); dropping the device
 //! closes the tap, which removes a non-persistent interface.
 
