@@ -4,10 +4,10 @@
 //! with IFF_VNET_HDR and a 12-byte header, the same `virtio_net_hdr_v1` the guest uses, so
 //! checksum and segmentation offload information passes through untouched in both directions.
 //!
-//! Each NIC has one thread ([`backend`]) for the tap and both queues, woken by the guest's
+//! Each NIC has one thread (`backend.rs`) for the tap and both queues, woken by the guest's
 //! notifications (the eventfds KVM signals them on) and by the tap:
 //!
-//! - **Transmit** ([`tx`]): each chain (header, then frame) becomes one writev to the tap, read
+//! - **Transmit** (`tx.rs`): each chain (header, then frame) becomes one writev to the tap, read
 //!   straight from guest memory.
 //! - **Receive**: frames from the tap go into the buffers the guest posted. When the guest has no
 //!   buffers left the thread stops polling the tap until the guest's next notification of the
