@@ -172,6 +172,10 @@ impl Vm {
         self.extras.config = Some(config);
     }
 
+    pub fn ged(&self) -> Option<&Arc<crate::devices::ged::Ged>> {
+        self.extras.ged.as_ref()
+    }
+
     pub fn set_ged(&mut self, ged: Arc<crate::devices::ged::Ged>) {
         self.extras.ged = Some(ged);
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use vessel_vmm::arch::layout::{ACPI_GED_STATUS_PORT, COM1_PORT};
-use vessel_vmm::handmade::{elf_kernel, power_off, print, spin};
+use vessel_vmm::handmade::{elf_kernel, power_off, print, print_al, spin};
 use vessel_vmm::kvm::Flavour;
 
 const OPENAPI: &str = include_str!("../api/openapi.json");
@@ -54,6 +54,22 @@ fn power_button_guest() -> Vec<u8> {
         0x74, 0xfb, // jz again
     ];
     elf_kernel(&[print(b"up"), wait_for_press.to_vec(), print(b"bye"), power_off()].concat())
+}
+
+/// Prints "up", waits for a byte on COM1, then prints the ACPI event device's status register
+/// (reading clears it) and powers off.
+fn ged_reporting_guest() -> Vec<u8> {
+    let [lsr_low, lsr_high] = (COM1_PORT + 5).to_le_bytes();
+    let [ged_low, ged_high] = ACPI_GED_STATUS_PORT.to_le_bytes();
+    let wait_then_read_ged = [
+        0xba, lsr_low, lsr_high, 0, 0,    // mov edx, COM1 line status register
+        0xec, // again: in al, dx
+        0xa8, 0x01, // test al, 1 (data ready)
+        0x74, 0xfb, // jz again
+        0xba, ged_low, ged_high, 0, 0,    // mov edx, GED status register
+        0xec, // in al, dx
+    ];
+    elf_kernel(&[print(b"up"), wait_then_read_ged.to_vec(), print_al(), power_off()].concat())
 }
 
 /// A vessel-vmm process serving its API; killed if the test ends first.
@@ -934,4 +950,39 @@ fn snapshot_through_the_api_and_restore_behind_a_new_api() {
     );
     client.patch("/vm", json!({"state": "Paused"})).expect(204, "");
     assert_eq!(client.state(), "Paused");
+}
+
+#[test]
+fn a_power_button_press_the_guest_has_not_read_survives_a_snapshot() {
+    let dir = Scratch::new("api", "ged-snapshot");
+    let kernel = dir.file("k", &ged_reporting_guest());
+    let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--memory", "32", "--no-rng"];
+    if pvm() {
+        args.push("--pvm-guest-kernel");
+    }
+    let mut vmm = Vmm::spawn(&dir, &args);
+    assert_eq!(vmm.guest_output(2), "up");
+    let mut api = vmm.client();
+    // The guest polls COM1, not the event device: the press stays pending.
+    api.put("/actions", json!({"action_type": "PressPowerButton"}))
+        .expect(204, "");
+    let snapshot = dir.0.join("vm.snap");
+    api.put("/snapshot/create", json!({"snapshot_path": snapshot}))
+        .expect(204, "");
+    drop(vmm);
+
+    let socket = dir.0.join("restored.sock");
+    let mut restored = Vmm::spawn_only(
+        &socket,
+        &["--restore", snapshot.to_str().unwrap(), "--serial", "stdio"],
+    );
+    restored.wait_for_socket();
+    restored.type_to_guest(b"x");
+    let status = restored.wait();
+    assert_eq!(status.code(), Some(0), "{}", restored.stderr());
+    assert_eq!(
+        restored.guest_output(1),
+        "\u{1}",
+        "the restored guest reads the power-button bit"
+    );
 }

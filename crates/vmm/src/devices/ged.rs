@@ -63,6 +63,21 @@ impl Ged {
     pub fn take_events(&self) -> u8 {
         self.pending.swap(0, Ordering::SeqCst)
     }
+
+    /// The events the guest has not read yet, left pending (for a snapshot).
+    pub fn pending(&self) -> u8 {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Puts back the events of a snapshot and interrupts the guest for them. The interrupt may
+    /// be a second one for the same events (the first was delivered but `_EVT` had not run
+    /// yet): that `_EVT` run finds the register clear and does nothing.
+    pub fn restore(&self, events: u8) -> Result<(), GedError> {
+        if events == 0 {
+            return Ok(());
+        }
+        self.signal(events)
+    }
 }
 
 /// The status register on the port bus. Bus devices are locked per access; the [`Ged`] behind

@@ -70,6 +70,8 @@ pub enum SnapshotError {
     Launch(#[from] LaunchError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Ged(#[from] crate::devices::ged::GedError),
 }
 
 /// Everything but memory.
@@ -79,6 +81,9 @@ struct MachineState {
     vcpus: Vec<VcpuState>,
     vm: VmState,
     serial: Option<SerialSnapshot>,
+    /// ACPI events (the power button) the guest had not read; absent in older files.
+    #[serde(default)]
+    ged_pending: u8,
     virtio: Vec<TransportSnapshot>,
     memory: Vec<RegionRecord>,
 }
@@ -149,6 +154,7 @@ pub fn create(vm: &RunningVm, path: &Path) -> Result<SnapshotInfo, SnapshotError
             vcpus,
             vm: VmState::capture(vm.kvm_vm())?,
             serial,
+            ged_pending: vm.extras().ged.as_ref().map_or(0, |ged| ged.pending()),
             virtio,
             memory: memory::layout(vm.memory(), HEADER_LEN),
         };
@@ -338,6 +344,9 @@ pub fn restore(path: &Path, serial: SerialConfig) -> Result<Vm, SnapshotError> {
     // It covers an edge KVM had not yet delivered when the VM was paused; a spare one finds
     // InterruptStatus clear once handled and is ignored by the driver.
     restore_transports(path, &vm, &machine.virtio)?;
+    if let Some(ged) = vm.ged() {
+        ged.restore(machine.ged_pending)?;
+    }
     vm.set_cpuids(machine.vcpus.iter().map(|v| v.cpuid.clone()).collect());
     Ok(vm)
 }
