@@ -265,4 +265,65 @@ mod tests {
         assert_eq!(found[3].mount, PathBuf::from("/sys/fs/cgroup/memory"));
         assert_eq!(found[4].controllers, ["pids"]);
     }
+
+    #[test]
+    fn pure_v2_mountinfo_is_one_unified_hierarchy() {
+        let text = "\
+25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+40 25 0:40 / /run rw - tmpfs tmpfs rw
+";
+        let found = parse_mountinfo(text, &["cpu", "memory", "pids"]);
+        let unified = Hierarchy {
+            mount: PathBuf::from("/sys/fs/cgroup"),
+            controllers: Vec::new(),
+            unified: true,
+        };
+        assert_eq!(found, [unified]);
+    }
+
+    /// On this machine's own cgroups, whatever their layout: hybrid on the dev host, pure
+    /// cgroup v2 when scripts/lab-cgroup-v2 runs it (`<unit tests> jail::cgroup`).
+    #[test]
+    fn a_jail_cgroup_takes_its_limit_and_a_process_then_goes_away() {
+        let parent = format!("vessel-test-jail-{}", std::process::id());
+        let limits = [("pids.max".to_owned(), "32".to_owned())];
+        let cgroups = Cgroups::create(&parent, "vm", &limits).unwrap();
+        let limited: Vec<&PathBuf> = cgroups
+            .dirs
+            .iter()
+            .filter(|d| std::fs::read_to_string(d.join("pids.max")).is_ok_and(|v| v.trim() == "32"))
+            .collect();
+        assert_eq!(limited.len(), 1, "pids.max=32 in one of {:?}", cgroups.dirs);
+        let unified = hierarchies().unwrap().into_iter().find(|h| h.unified);
+        if let Some(unified) = unified {
+            assert!(
+                cgroups.dirs.iter().any(|d| d.starts_with(&unified.mount)),
+                "the unified hierarchy gets the jail too: {:?}",
+                cgroups.dirs
+            );
+        }
+        assert!(matches!(
+            Cgroups::create(&parent, "vm", &limits),
+            Err(CgroupError::InUse(_))
+        ));
+
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        for dir in &cgroups.dirs {
+            std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+        }
+        let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+        let inside = membership
+            .lines()
+            .filter(|l| l.ends_with(&format!("/{parent}/vm")))
+            .count();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(inside, cgroups.dirs.len(), "{membership}");
+
+        cgroups.remove();
+        for dir in &cgroups.dirs {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+            let _ = std::fs::remove_dir(dir.parent().unwrap());
+        }
+    }
 }
