@@ -3,7 +3,8 @@
 //! Output (transmitq) goes to a writer on the device's notification worker; input is pushed by
 //! the VMM from any thread with [`ConsoleInput::queue_input`] and lands in the receive buffers
 //! the guest posted, or waits (bounded) until it posts some. A snapshot keeps the queues'
-//! positions; input not yet delivered stays with the old process (typed but never read).
+//! positions and the input not yet delivered, which the restored device hands to the buffers
+//! the guest has posted.
 
 use super::notifier::PauseGate;
 use super::{
@@ -207,6 +208,27 @@ impl VirtioDevice for Console {
 
     fn set_pause_gate(&mut self, gate: Arc<PauseGate>) {
         self.lock().gate = gate;
+    }
+
+    fn saved_data(&self) -> Vec<u8> {
+        self.lock().pending.iter().copied().collect()
+    }
+
+    fn restore_data(&mut self, data: &[u8]) {
+        let mut shared = self.lock();
+        shared.pending.clear();
+        shared.pending.extend(&data[..data.len().min(MAX_PENDING)]);
+    }
+
+    /// Input saved with the snapshot goes to buffers the guest had already posted: it may be
+    /// waiting for it without notifying again.
+    fn restored(&mut self) {
+        let mut shared = self.lock();
+        if shared.deliver() {
+            if let Some(active) = &shared.active {
+                active.interrupt.signal_used_queue();
+            }
+        }
     }
 
     fn saved_queues(&self) -> Option<Vec<QueueState>> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::testing::{memory, Driver, DATA, INTERRUPT_ACK, INTERRUPT_STATUS};
 
 /// A writer the test can read back.
@@ -75,4 +76,29 @@ fn pending_input_is_bounded() {
     let console = Console::new(Box::new(io::sink()));
     assert_eq!(console.queue_input(&vec![b'x'; MAX_PENDING + 10]), MAX_PENDING);
     assert_eq!(console.queue_input(b"more"), 0);
+}
+
+#[test]
+fn input_not_yet_delivered_survives_a_snapshot() {
+    let mem = memory();
+    let console = Console::new(Box::new(io::sink()));
+    let input = console.input();
+    let mut driver = Driver::new(&mem, Box::new(console));
+    driver.init(u64::MAX, 2);
+    // Typed while the guest has no receive buffer.
+    assert_eq!(input.queue_input(b"typed"), 5);
+    let saved = driver.transport.save().expect("a console can be saved");
+    assert_eq!(saved.device_data, b"typed");
+
+    // The guest posts a buffer (without notifying) before the snapshot lands in a new process.
+    let head = driver.add_chain(0, &[(DATA, 64, true)]);
+    driver.transport = MmioTransport::new(
+        mem.clone(),
+        Box::new(Console::new(Box::new(io::sink()))),
+        driver.irq.clone(),
+    );
+    assert!(driver.transport.restore(&saved));
+    assert_eq!(driver.used(0), vec![(u32::from(head), 5)]);
+    assert_eq!(driver.read_mem(DATA, 5), b"typed");
+    assert!(driver.irq_fired());
 }

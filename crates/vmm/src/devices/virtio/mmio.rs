@@ -109,6 +109,9 @@ pub struct TransportSnapshot {
     pub interrupt_status: u32,
     pub active: bool,
     pub queues: Vec<SavedQueue>,
+    /// `VirtioDevice::saved_data`; absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_data: Vec<u8>,
 }
 
 /// A virtio device in its virtio-mmio register window; put it on the MMIO bus.
@@ -174,6 +177,7 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             active: self.active,
             queues,
+            device_data: self.device.saved_data(),
         })
     }
 
@@ -199,6 +203,7 @@ impl MmioTransport {
         if saved.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             self.device.ack_features(saved.driver_features);
         }
+        self.device.restore_data(&saved.device_data);
         if saved.active && !self.activate() {
             return false;
         }

@@ -100,6 +100,13 @@ pub trait VirtioDevice: Send {
     fn saved_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
         None
     }
+    /// For a snapshot: device state beyond its queues, as bytes (a console's input not yet
+    /// delivered).
+    fn saved_data(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Puts back what `saved_data` gave, before the device is activated again.
+    fn restore_data(&mut self, _data: &[u8]) {}
     /// Which device this is among those of its kind (a NIC's tap), for metrics.
     fn id(&self) -> String {
         String::new()
