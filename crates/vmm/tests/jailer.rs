@@ -388,3 +388,85 @@ impl Drop for NetnsGuard {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
+
+/// Field `index` (1 = state, 2 = ppid, 4 = session, ...) of /proc/PID/stat after the command.
+fn stat_field(pid: u32, index: usize) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(index - 1))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn daemonized_the_jailer_answers_at_once_runs_the_vm_detached_and_still_cleans_up() {
+    let fx = Fixture::new("daemon");
+    fx.place_guest("vm6", &[print(b"up\n"), spin()].concat());
+    let out = fx
+        .jailer(
+            "vm6",
+            &["--daemonize", "--cgroup", "pids.max=64"],
+            &["--serial", "file:/serial.log"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+
+    // The VM runs on after the caller got its answer.
+    let serial = fx.root("vm6").join("serial.log");
+    wait_until("the guest's output", || {
+        std::fs::read(&serial).is_ok_and(|s| s == b"up\n")
+    });
+    let jail_cgroup = fx.cgroups("vm6").into_iter().next().expect("the jail's cgroup");
+    let procs = std::fs::read_to_string(jail_cgroup.join("cgroup.procs")).unwrap();
+    let pids: Vec<u32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+    let vmm = *pids
+        .iter()
+        .find(|&&p| status_field(p, "Name") == "vessel-vmm")
+        .unwrap_or_else(|| panic!("no vessel-vmm among {pids:?}"));
+    // The daemon is the jail init's parent: in a session of its own, its streams on /dev/null.
+    let init: u32 = stat_field(vmm, 2).parse().unwrap();
+    let daemon: u32 = stat_field(init, 2).parse().unwrap();
+    assert_eq!(status_field(daemon, "Name"), "vessel-jailer");
+    assert_eq!(
+        stat_field(daemon, 4),
+        daemon.to_string(),
+        "the daemon leads its session"
+    );
+    assert_ne!(
+        stat_field(daemon, 4),
+        stat_field(std::process::id(), 4),
+        "the daemon left the caller's session"
+    );
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{daemon}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+
+    // When the VM ends, the daemon cleans up as the foreground jailer does.
+    // SAFETY: a plain kill(2) of the jailed VMM, a process this test's jailer started.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
+    wait_until("the jail's cgroups removed", || fx.cgroups("vm6").is_empty());
+    wait_until("the daemon's end", || {
+        !Path::new(&format!("/proc/{daemon}")).exists() || stat_field(daemon, 1) == "Z"
+    });
+    let mut left: Vec<String> = std::fs::read_dir(fx.root("vm6"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["guest", "serial.log"],
+        "only the user's guest and the VM's output stay"
+    );
+}
