@@ -166,24 +166,23 @@ fn every_thread_runs_under_its_own_filter() {
         let filtered = |prefix: &str| {
             threads
                 .iter()
-                .filter(|(n, f)| n.starts_with(prefix) && *f >= 4)
+                .filter(|(n, f)| n.starts_with(prefix) && *f >= 2)
                 .count()
         };
-        if filtered("vcpu") == 2 && filtered("api") == 1 {
+        if filtered("vcpu") == 2 && filtered("api") == 1 || Instant::now() > deadline {
             break threads;
         }
-        assert!(Instant::now() < deadline, "threads never appeared: {threads:?}");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Killed before any assertion, so a failure leaves no VMM behind.
     let _ = child.kill();
     let _ = child.wait();
-    // The main thread adds two filters (clone3 and its list); the threads it starts inherit
-    // those and add two of their own.
+    // The main thread adds its list; the threads it starts inherit it and add their own.
     let filters = |name: &str| threads.iter().find(|(n, _)| n == name).map(|&(_, f)| f);
-    assert_eq!(filters("vessel-vmm"), Some(2), "{threads:?}");
-    assert_eq!(filters("api"), Some(4), "{threads:?}");
-    assert_eq!(filters("vcpu0"), Some(4), "{threads:?}");
-    assert_eq!(filters("vcpu1"), Some(4), "{threads:?}");
+    assert_eq!(filters("vessel-vmm"), Some(1), "{threads:?}");
+    assert_eq!(filters("api"), Some(2), "{threads:?}");
+    assert_eq!(filters("vcpu0"), Some(2), "{threads:?}");
+    assert_eq!(filters("vcpu1"), Some(2), "{threads:?}");
     // The entropy device's queue worker.
-    assert_eq!(filters("virtio-0"), Some(4), "{threads:?}");
+    assert_eq!(filters("virtio-0"), Some(2), "{threads:?}");
 }

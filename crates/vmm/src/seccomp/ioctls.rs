@@ -21,7 +21,7 @@ const fn iowr(nr: u32, size: usize) -> u64 {
 
 /// The type byte of every KVM ioctl (bits 8..16 of the request), for "any KVM ioctl" rules.
 pub const KVM_TYPE: u64 = (KVMIO as u64) << 8;
-pub const TYPE_MASK: u64 = 0xff00;
+pub const TYPE_MASK: u32 = 0xff00;
 
 /// What a vCPU thread asks of its own vCPU: run it, tell kvmclock about a pause, and read its
 /// state when a snapshot is taken (the parked vCPU saves itself).

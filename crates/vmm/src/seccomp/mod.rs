@@ -2,7 +2,8 @@
 //!
 //! [`enable`] installs the SIGSYS reporter; from then on every thread calls [`install`] (or
 //! [`install_or_exit`]) with its kind as the first thing it does, which compiles that kind's BPF
-//! program the first time (a VM without an API never compiles the API's; the main thread compiles
+//! program (`bpf.rs`: a binary search over syscall numbers, cheap for the kernel to take) the
+//! first time (a VM without an API never compiles the API's; the main thread compiles
 //! only its own before the VMM is ready), and the main thread installs [`ThreadKind::Vmm`] before it
 //! builds the VM. Filters are per thread (no TSYNC): each thread adds its own.
 //!
@@ -17,13 +18,14 @@
 //! fails with ENOSYS instead (glibc then uses `clone`, whose flags a filter can check), so that
 //! threads can be created but processes cannot.
 
+mod bpf;
 mod ioctls;
 mod report;
 mod rules;
 #[cfg(test)]
 mod tests;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use bpf::Program;
 use std::sync::OnceLock;
 
 /// The kinds of thread the VMM runs, each with its own allow-list.
@@ -69,15 +71,10 @@ impl std::fmt::Display for ThreadKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("Cannot compile the {kind} seccomp filter: {source}")]
-    Compile {
-        kind: &'static str,
-        source: seccompiler::BackendError,
-    },
     #[error("Cannot install the {kind} seccomp filter: {source}")]
     Install {
-        kind: ThreadKind,
-        source: seccompiler::Error,
+        kind: &'static str,
+        source: std::io::Error,
     },
     #[error("Cannot install the SIGSYS handler: {0}")]
     Handler(std::io::Error),
@@ -89,22 +86,11 @@ pub const SELFTEST_ENV: &str = "VESSEL_VMM_SECCOMP_SELFTEST";
 
 struct Filters {
     /// Compiled on first use, then shared by every thread of the kind.
-    by_kind: [OnceLock<BpfProgram>; 4],
-    /// `clone3` fails with ENOSYS, everything else passes (the lists decide).
-    no_clone3: BpfProgram,
+    by_kind: [OnceLock<Program>; 4],
     selftest: Option<ThreadKind>,
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
-
-fn compile(
-    kind: &'static str,
-    filter: Result<SeccompFilter, seccompiler::BackendError>,
-) -> Result<BpfProgram, SeccompError> {
-    filter
-        .and_then(BpfProgram::try_from)
-        .map_err(|source| SeccompError::Compile { kind, source })
-}
 
 /// Installs the SIGSYS reporter; [`install`] does nothing until this has run. Calling it again
 /// changes nothing.
@@ -112,15 +98,8 @@ pub fn enable() -> Result<(), SeccompError> {
     if FILTERS.get().is_some() {
         return Ok(());
     }
-    let no_clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, vec![])].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
-    );
     let filters = Filters {
         by_kind: Default::default(),
-        no_clone3: compile("clone3", no_clone3)?,
         selftest: std::env::var(SELFTEST_ENV)
             .ok()
             .and_then(|name| ThreadKind::from_name(&name)),
@@ -130,21 +109,14 @@ pub fn enable() -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// `kind`'s program: its list allowed, every other call trapped (the SIGSYS reporter).
+fn compile(kind: ThreadKind) -> Program {
+    bpf::compile(&rules::allowed(kind), libc::SECCOMP_RET_TRAP)
+}
+
 /// `kind`'s program, compiled the first time it is asked for.
-fn program(filters: &Filters, kind: ThreadKind) -> Result<&BpfProgram, SeccompError> {
-    let cell = &filters.by_kind[kind.index()];
-    if let Some(program) = cell.get() {
-        return Ok(program);
-    }
-    let filter = SeccompFilter::new(
-        rules::allowed(kind),
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    );
-    let compiled = compile(kind.name(), filter)?;
-    // Two threads of a kind may race here: both programs are the same; one is kept.
-    Ok(cell.get_or_init(|| compiled))
+fn program(filters: &Filters, kind: ThreadKind) -> &Program {
+    filters.by_kind[kind.index()].get_or_init(|| compile(kind))
 }
 
 /// Whether [`enable`] has run (filters are being installed).
@@ -159,11 +131,10 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
         return Ok(());
     };
     report::set_thread_kind(kind);
-    let install = |program: &BpfProgram| {
-        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { kind, source })
-    };
-    install(&filters.no_clone3)?;
-    install(program(filters, kind)?)?;
+    bpf::install(program(filters, kind)).map_err(|source| SeccompError::Install {
+        kind: kind.name(),
+        source,
+    })?;
     if filters.selftest == Some(kind) {
         selftest_forbidden_call();
     }

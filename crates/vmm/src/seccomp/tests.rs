@@ -1,20 +1,14 @@
 //! Each kind's filter, applied in a forked child (never in the test process, whose other tests
 //! keep running), against calls it must allow and calls it must refuse.
 
+use super::bpf::{self, Allow, Condition, Program};
 use super::ioctls;
 use super::rules::allowed;
 use super::ThreadKind;
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use std::collections::BTreeMap;
 
-fn program(kind: ThreadKind) -> BpfProgram {
-    let filter = SeccompFilter::new(
-        allowed(kind),
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .expect("filter");
-    BpfProgram::try_from(filter).expect("compiles")
+fn program(kind: ThreadKind) -> Program {
+    super::compile(kind)
 }
 
 /// Runs `call` in a child under `kind`'s filter: Ok(()) if it returned, Err(signal) if it died.
@@ -25,7 +19,7 @@ fn in_child(kind: ThreadKind, call: fn()) -> Result<(), i32> {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = match seccompiler::apply_filter(&program) {
+        let code = match bpf::install(&program) {
             Ok(()) => {
                 call();
                 0
@@ -117,4 +111,172 @@ fn every_kind_compiles_within_the_kernels_limit() {
         let len = program(kind).len();
         assert!(len < 4096, "{kind}: {len} instructions");
     }
+}
+
+/// What a filter makes of one call, run as the kernel runs classic BPF (the instructions
+/// `bpf::compile` emits), checking every jump lands inside the program, forwards.
+fn run(program: &Program, nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+    let word = |offset: u32| -> u32 {
+        match offset {
+            0 => nr,
+            4 => arch,
+            16..=56 if offset % 8 == 0 => args[(offset as usize - 16) / 8] as u32,
+            _ => panic!("a load at offset {offset}"),
+        }
+    };
+    let (mut pc, mut acc) = (0usize, 0u32);
+    loop {
+        let insn = program
+            .get(pc)
+            .unwrap_or_else(|| panic!("ran off the end at {pc}"));
+        let (code, k) = (u32::from(insn.code), insn.k);
+        let next = |skip: usize| pc + 1 + skip;
+        pc = match code {
+            c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                acc = word(k);
+                next(0)
+            }
+            c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => {
+                acc &= k;
+                next(0)
+            }
+            c if c == libc::BPF_JMP | libc::BPF_JA => next(k as usize),
+            c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                next(usize::from(if acc == k { insn.jt } else { insn.jf }))
+            }
+            c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => {
+                next(usize::from(if acc >= k { insn.jt } else { insn.jf }))
+            }
+            c if c == libc::BPF_RET | libc::BPF_K => return k,
+            other => panic!("instruction {other:#x} at {pc}"),
+        };
+    }
+}
+
+const X86_64: u32 = 0xc000_003e;
+
+/// What `list` says of the call, read directly off the list.
+fn expected(list: &BTreeMap<i64, Allow>, nr: u32, args: [u64; 6]) -> u32 {
+    let holds = |c: &Condition| (args[usize::from(c.arg)] as u32) & c.mask == c.value;
+    match list.get(&i64::from(nr)) {
+        None => libc::SECCOMP_RET_TRAP,
+        Some(Allow::Always) => libc::SECCOMP_RET_ALLOW,
+        Some(Allow::Errno(errno)) => libc::SECCOMP_RET_ERRNO | errno,
+        Some(Allow::When(rules)) if rules.iter().any(|rule| rule.iter().all(holds)) => {
+            libc::SECCOMP_RET_ALLOW
+        }
+        Some(Allow::When(_)) => libc::SECCOMP_RET_TRAP,
+    }
+}
+
+/// Arguments that meet each condition of `list`'s rules, and near misses.
+fn argument_cases(list: &BTreeMap<i64, Allow>) -> Vec<[u64; 6]> {
+    let mut cases = vec![[0; 6], [u64::MAX; 6]];
+    for allow in list.values() {
+        let Allow::When(rules) = allow else { continue };
+        for rule in rules {
+            let mut meets = [0u64; 6];
+            for c in rule {
+                meets[usize::from(c.arg)] = u64::from(c.value) | 0xdead_0000_0000;
+            }
+            cases.push(meets);
+            for c in rule {
+                let mut misses = meets;
+                misses[usize::from(c.arg)] = u64::from(c.value ^ (c.mask & c.mask.wrapping_neg()));
+                cases.push(misses);
+            }
+        }
+    }
+    cases
+}
+
+fn assert_compiles_to_the_list(name: &str, list: &BTreeMap<i64, Allow>) {
+    let program = bpf::compile(list, libc::SECCOMP_RET_TRAP);
+    assert!(program.len() < 4096, "{name}: {} instructions", program.len());
+    let cases = argument_cases(list);
+    let numbers = (0..=470).chain([0x4000_0001, u32::MAX]);
+    for nr in numbers {
+        for args in &cases {
+            assert_eq!(
+                run(&program, nr, X86_64, *args),
+                expected(list, nr, *args),
+                "{name}: call {nr} with {args:x?}"
+            );
+        }
+        // Another architecture's calls are other numbers: never allowed.
+        assert_eq!(run(&program, nr, 0x4000_0003, [0; 6]), libc::SECCOMP_RET_TRAP);
+    }
+}
+
+#[test]
+fn every_kinds_program_gives_each_call_what_its_list_says() {
+    for kind in ThreadKind::ALL {
+        assert_compiles_to_the_list(kind.name(), &allowed(kind));
+    }
+}
+
+#[test]
+fn a_long_list_with_far_rule_blocks_compiles_correctly() {
+    // More calls and rules than any kind has: jumps past 255 instructions, deep search.
+    let mut list = BTreeMap::new();
+    for nr in (0..450).step_by(2) {
+        let allow = match nr % 10 {
+            4 => Allow::When(
+                (0..8)
+                    .map(|v| {
+                        vec![
+                            Condition {
+                                arg: 1,
+                                mask: u32::MAX,
+                                value: v * 7,
+                            },
+                            Condition {
+                                arg: 2,
+                                mask: 0xff00,
+                                value: 0x1200,
+                            },
+                        ]
+                    })
+                    .collect(),
+            ),
+            2 => Allow::Errno(nr as u32),
+            _ => Allow::Always,
+        };
+        list.insert(nr, allow);
+    }
+    let far = bpf::compile(&list, libc::SECCOMP_RET_TRAP).len();
+    assert!(
+        far > 1024,
+        "{far} instructions: not the long program this test is for"
+    );
+    assert_compiles_to_the_list("long", &list);
+}
+
+#[test]
+fn the_search_is_cheap_for_the_kernel_to_walk() {
+    // The kernel runs a new filter for every syscall number; a call's walk to its verdict must
+    // stay logarithmic in the list (a handful of instructions), not linear.
+    let program = program(ThreadKind::Vmm);
+    let longest = (0..470u32)
+        .map(|nr| {
+            let mut steps = 0;
+            let (mut pc, acc) = (3usize, nr);
+            loop {
+                let insn = program[pc];
+                steps += 1;
+                let code = u32::from(insn.code);
+                pc = if code == libc::BPF_JMP | libc::BPF_JA {
+                    pc + 1 + insn.k as usize
+                } else if code == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K {
+                    pc + 1 + usize::from(if acc == insn.k { insn.jt } else { insn.jf })
+                } else if code == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K {
+                    pc + 1 + usize::from(if acc >= insn.k { insn.jt } else { insn.jf })
+                } else {
+                    break steps; // a return, or the first argument load of a rule block
+                };
+            }
+        })
+        .max()
+        .unwrap();
+    assert!(longest <= 30, "a walk of {longest} instructions");
 }
