@@ -86,16 +86,11 @@ pub fn compile(list: &BTreeMap<i64, Allow>, otherwise: u32) -> Program {
     // Leaves jump to the rule blocks, which follow the tree: (index of the JA, call's entry).
     let mut pending: Vec<(usize, usize)> = Vec::new();
     search(&mut program, &calls, 0, calls.len(), otherwise, &mut pending);
-    let mut blocks: BTreeMap<usize, usize> = BTreeMap::new();
-    for &(at, entry) in &pending {
-        let start = *blocks.entry(entry).or_insert_with(|| {
-            let start = program.len();
-            if let Allow::When(rules) = calls[entry].1 {
-                rule_block(&mut program, rules, otherwise);
-            }
-            start
-        });
-        program[at].k = (start - at - 1) as u32;
+    for (at, entry) in pending {
+        program[at].k = (program.len() - at - 1) as u32;
+        if let Allow::When(rules) = calls[entry].1 {
+            rule_block(&mut program, rules, otherwise);
+        }
     }
     program
 }
