@@ -18,6 +18,7 @@ pub mod state;
 
 use crate::config::{SerialConfig, VmConfig};
 use crate::devices::serial::SerialSnapshot;
+use crate::devices::virtio::device_kind;
 use crate::devices::virtio::mmio::TransportSnapshot;
 use crate::launch::{self, LaunchError};
 use crate::vm::{RunningVm, Vm, VmError};
@@ -88,17 +89,6 @@ struct MachineState {
     memory: Vec<RegionRecord>,
 }
 
-fn device_name(device_type: u32) -> &'static str {
-    match device_type {
-        1 => "net",
-        2 => "block",
-        3 => "console",
-        4 => "rng",
-        19 => "vsock",
-        _ => "unknown",
-    }
-}
-
 /// What a snapshot wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotInfo {
@@ -113,7 +103,7 @@ pub fn create(vm: &RunningVm, path: &Path) -> Result<SnapshotInfo, SnapshotError
     for transport in &vm.extras().virtio {
         let transport = transport.lock().unwrap_or_else(|e| e.into_inner());
         if transport.save().is_none() {
-            return Err(SnapshotError::VirtioDevice(device_name(transport.device_type())));
+            return Err(SnapshotError::VirtioDevice(device_kind(transport.device_type())));
         }
     }
     let was_paused = vm.is_paused();
@@ -146,7 +136,7 @@ pub fn create(vm: &RunningVm, path: &Path) -> Result<SnapshotInfo, SnapshotError
                 let transport = t.lock().unwrap_or_else(|e| e.into_inner());
                 transport
                     .save()
-                    .ok_or(SnapshotError::VirtioDevice(device_name(transport.device_type())))
+                    .ok_or(SnapshotError::VirtioDevice(device_kind(transport.device_type())))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let machine = MachineState {
@@ -359,8 +349,8 @@ fn restore_transports(path: &Path, vm: &Vm, saved: &[TransportSnapshot]) -> Resu
                 path: path.to_owned(),
                 what: format!(
                     "virtio device {index} ({} saved, {} rebuilt) does not take the saved state",
-                    device_name(saved.device_type),
-                    device_name(transport.device_type())
+                    device_kind(saved.device_type),
+                    device_kind(transport.device_type())
                 ),
             });
         }

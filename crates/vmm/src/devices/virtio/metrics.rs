@@ -50,7 +50,7 @@ pub fn add(counter: &AtomicU64, n: u64) {
 /// One device's figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceMetrics {
-    /// "net", "block", "console", "rng", "vsock".
+    /// `devices::virtio::device_kind`: "net", "block", "console", "rng", "vsock".
     pub kind: &'static str,
     /// Which one: a NIC's tap, a disk's path; empty where there is only one.
     pub id: String,

@@ -400,7 +400,7 @@ impl MmioTransport {
     pub fn metrics(&self) -> DeviceMetrics {
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         DeviceMetrics {
-            kind: kind_name(self.device.device_type()),
+            kind: super::device_kind(self.device.device_type()),
             id: self.device.id(),
             notifications: get(&self.counters.notifications),
             interrupts: get(&self.counters.interrupts),
@@ -413,17 +413,6 @@ impl MmioTransport {
         if self.active && index < self.queues.len() && self.device.process_queue(index) {
             self.interrupt.signal_used_queue();
         }
-    }
-}
-
-fn kind_name(device_type: u32) -> &'static str {
-    match device_type {
-        super::net::TYPE_NET => "net",
-        super::TYPE_BLOCK => "block",
-        super::TYPE_CONSOLE => "console",
-        super::TYPE_RNG => "rng",
-        super::vsock::TYPE_VSOCK => "vsock",
-        _ => "other",
     }
 }
 

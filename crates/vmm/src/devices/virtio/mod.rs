@@ -47,6 +47,18 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 pub const BASE_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
+/// What a device of virtio type `device_type` is called in metrics and error lines.
+pub fn device_kind(device_type: u32) -> &'static str {
+    match device_type {
+        net::TYPE_NET => "net",
+        TYPE_BLOCK => "block",
+        TYPE_CONSOLE => "console",
+        TYPE_RNG => "rng",
+        vsock::TYPE_VSOCK => "vsock",
+        _ => "unknown",
+    }
+}
+
 /// Device type ids (virtio 1.2 §5).
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 pub const TYPE_CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
