@@ -114,8 +114,10 @@ fn every_kind_compiles_within_the_kernels_limit() {
 }
 
 /// What a filter makes of one call, run as the kernel runs classic BPF (the instructions
-/// `bpf::compile` emits), checking every jump lands inside the program, forwards.
-fn run(program: &Program, nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+/// `bpf::compile` emits), checking every jump lands inside the program, forwards; and how many
+/// instructions ran before the verdict or the first load of an argument (the walk the kernel
+/// makes for every syscall number when the filter is installed).
+fn run(program: &Program, nr: u32, arch: u32, args: [u64; 6]) -> (u32, usize) {
     let word = |offset: u32| -> u32 {
         match offset {
             0 => nr,
@@ -124,7 +126,7 @@ fn run(program: &Program, nr: u32, arch: u32, args: [u64; 6]) -> u32 {
             _ => panic!("a load at offset {offset}"),
         }
     };
-    let (mut pc, mut acc) = (0usize, 0u32);
+    let (mut pc, mut acc, mut steps, mut walk) = (0usize, 0u32, 0usize, None);
     loop {
         let insn = program
             .get(pc)
@@ -133,6 +135,9 @@ fn run(program: &Program, nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let next = |skip: usize| pc + 1 + skip;
         pc = match code {
             c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                if k >= 16 {
+                    walk.get_or_insert(steps);
+                }
                 acc = word(k);
                 next(0)
             }
@@ -147,9 +152,10 @@ fn run(program: &Program, nr: u32, arch: u32, args: [u64; 6]) -> u32 {
             c if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => {
                 next(usize::from(if acc >= k { insn.jt } else { insn.jf }))
             }
-            c if c == libc::BPF_RET | libc::BPF_K => return k,
+            c if c == libc::BPF_RET | libc::BPF_K => return (k, walk.unwrap_or(steps)),
             other => panic!("instruction {other:#x} at {pc}"),
         };
+        steps += 1;
     }
 }
 
@@ -198,13 +204,13 @@ fn assert_compiles_to_the_list(name: &str, list: &BTreeMap<i64, Allow>) {
     for nr in numbers {
         for args in &cases {
             assert_eq!(
-                run(&program, nr, X86_64, *args),
+                run(&program, nr, X86_64, *args).0,
                 expected(list, nr, *args),
                 "{name}: call {nr} with {args:x?}"
             );
         }
         // Another architecture's calls are other numbers: never allowed.
-        assert_eq!(run(&program, nr, 0x4000_0003, [0; 6]), libc::SECCOMP_RET_TRAP);
+        assert_eq!(run(&program, nr, 0x4000_0003, [0; 6]).0, libc::SECCOMP_RET_TRAP);
     }
 }
 
@@ -258,24 +264,7 @@ fn the_search_is_cheap_for_the_kernel_to_walk() {
     // stay logarithmic in the list (a handful of instructions), not linear.
     let program = program(ThreadKind::Vmm);
     let longest = (0..470u32)
-        .map(|nr| {
-            let mut steps = 0;
-            let (mut pc, acc) = (3usize, nr);
-            loop {
-                let insn = program[pc];
-                steps += 1;
-                let code = u32::from(insn.code);
-                pc = if code == libc::BPF_JMP | libc::BPF_JA {
-                    pc + 1 + insn.k as usize
-                } else if code == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K {
-                    pc + 1 + usize::from(if acc == insn.k { insn.jt } else { insn.jf })
-                } else if code == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K {
-                    pc + 1 + usize::from(if acc >= insn.k { insn.jt } else { insn.jf })
-                } else {
-                    break steps; // a return, or the first argument load of a rule block
-                };
-            }
-        })
+        .map(|nr| run(&program, nr, X86_64, [0; 6]).1)
         .max()
         .unwrap();
     assert!(longest <= 30, "a walk of {longest} instructions");
