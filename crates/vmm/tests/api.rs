@@ -29,17 +29,21 @@ fn spinner() -> Vec<u8> {
     elf_kernel(&[print(b"up"), spin()].concat())
 }
 
-/// Prints "up", waits until COM1 has received a byte, prints "bye" and powers off: a guest
-/// whose end the test decides (by writing to the VMM's stdin).
-fn waiting_guest() -> Vec<u8> {
+/// Guest code that polls COM1's line status until a byte has arrived (it leaves it unread).
+fn wait_for_com1_input() -> Vec<u8> {
     let [lsr_low, lsr_high] = (COM1_PORT + 5).to_le_bytes();
-    let wait_for_input = [
+    vec![
         0xba, lsr_low, lsr_high, 0, 0,    // mov edx, COM1 line status register
         0xec, // again: in al, dx
         0xa8, 0x01, // test al, 1 (data ready)
         0x74, 0xfb, // jz again
-    ];
-    elf_kernel(&[print(b"up"), wait_for_input.to_vec(), print(b"bye"), power_off()].concat())
+    ]
+}
+
+/// Prints "up", waits until COM1 has received a byte, prints "bye" and powers off: a guest
+/// whose end the test decides (by writing to the VMM's stdin).
+fn waiting_guest() -> Vec<u8> {
+    elf_kernel(&[print(b"up"), wait_for_com1_input(), print(b"bye"), power_off()].concat())
 }
 
 /// Prints "up", polls the ACPI event device's status register until the power-button bit is set,
@@ -59,17 +63,21 @@ fn power_button_guest() -> Vec<u8> {
 /// Prints "up", waits for a byte on COM1, then prints the ACPI event device's status register
 /// (reading clears it) and powers off.
 fn ged_reporting_guest() -> Vec<u8> {
-    let [lsr_low, lsr_high] = (COM1_PORT + 5).to_le_bytes();
     let [ged_low, ged_high] = ACPI_GED_STATUS_PORT.to_le_bytes();
-    let wait_then_read_ged = [
-        0xba, lsr_low, lsr_high, 0, 0,    // mov edx, COM1 line status register
-        0xec, // again: in al, dx
-        0xa8, 0x01, // test al, 1 (data ready)
-        0x74, 0xfb, // jz again
+    let read_ged = vec![
         0xba, ged_low, ged_high, 0, 0,    // mov edx, GED status register
         0xec, // in al, dx
     ];
-    elf_kernel(&[print(b"up"), wait_then_read_ged.to_vec(), print_al(), power_off()].concat())
+    elf_kernel(
+        &[
+            print(b"up"),
+            wait_for_com1_input(),
+            read_ged,
+            print_al(),
+            power_off(),
+        ]
+        .concat(),
+    )
 }
 
 /// A vessel-vmm process serving its API; killed if the test ends first.
@@ -82,6 +90,16 @@ impl Vmm {
     /// Starts the binary with `--api-sock` in `dir` and `args`, and waits for the socket.
     fn spawn(dir: &Scratch, args: &[&str]) -> Vmm {
         let mut vmm = Self::spawn_only(&dir.socket(), args);
+        vmm.wait_for_socket();
+        vmm
+    }
+
+    /// A new process restoring `snapshot` behind an API at `dir/restored.sock`, COM1 on stdio.
+    fn restore(dir: &Scratch, snapshot: &Path) -> Vmm {
+        let mut vmm = Self::spawn_only(
+            &dir.0.join("restored.sock"),
+            &["--restore", snapshot.to_str().unwrap(), "--serial", "stdio"],
+        );
         vmm.wait_for_socket();
         vmm
     }
@@ -924,12 +942,7 @@ fn snapshot_through_the_api_and_restore_behind_a_new_api() {
     let last = *std::fs::read(&log).unwrap().last().unwrap();
     drop(vmm);
 
-    let socket = dir.0.join("restored.sock");
-    let mut restored = Vmm::spawn_only(
-        &socket,
-        &["--restore", snapshot.to_str().unwrap(), "--serial", "stdio"],
-    );
-    restored.wait_for_socket();
+    let mut restored = Vmm::restore(&dir, &snapshot);
     let mut client = restored.client();
     assert_eq!(client.state(), "Running");
     let mut resumed = [0u8; 200];
@@ -971,12 +984,7 @@ fn a_power_button_press_the_guest_has_not_read_survives_a_snapshot() {
         .expect(204, "");
     drop(vmm);
 
-    let socket = dir.0.join("restored.sock");
-    let mut restored = Vmm::spawn_only(
-        &socket,
-        &["--restore", snapshot.to_str().unwrap(), "--serial", "stdio"],
-    );
-    restored.wait_for_socket();
+    let mut restored = Vmm::restore(&dir, &snapshot);
     restored.type_to_guest(b"x");
     let status = restored.wait();
     assert_eq!(status.code(), Some(0), "{}", restored.stderr());

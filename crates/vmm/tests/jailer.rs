@@ -98,12 +98,7 @@ fn children_of(pid: u32) -> Vec<u32> {
         let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        if ppid == Some(&pid.to_string()) {
+        if stat_field(child, 2) == pid.to_string() {
             found.push(child);
         }
     }
@@ -389,7 +384,8 @@ impl Drop for NetnsGuard {
     }
 }
 
-/// Field `index` (1 = state, 2 = ppid, 4 = session, ...) of /proc/PID/stat after the command.
+/// Field `index` (1 = state, 2 = ppid, 4 = session, ...) of /proc/PID/stat after the command
+/// (which may hold spaces: the split is after the last ')'); empty for a process that is gone.
 fn stat_field(pid: u32, index: usize) -> String {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(')')
