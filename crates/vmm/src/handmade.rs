@@ -39,6 +39,13 @@ pub fn reset() -> Vec<u8> {
     code
 }
 
+/// Loads an empty IDT and raises #UD: the #UD, the #GP it turns into and the double fault all
+/// find no gate, which is a triple fault (the CPU shuts down). 64-bit code (`elf_kernel`).
+pub fn triple_fault() -> Vec<u8> {
+    // push 0; push 0 (a 16-byte zero IDT descriptor: limit 0); lidt [rsp]; ud2
+    vec![0x6a, 0x00, 0x6a, 0x00, 0x0f, 0x01, 0x1c, 0x24, 0x0f, 0x0b]
+}
+
 /// Counts on COM1 forever: each byte is the previous plus one (mod 256), starting at 1, so the
 /// first byte after a pause or a restore tells whether the guest went on exactly where it was.
 pub fn serial_counter() -> Vec<u8> {

@@ -239,6 +239,8 @@ fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
             // With the in-kernel IRQ chip a halted vCPU waits in KVM; an exit here is only a wake-up.
             VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
             VcpuExit::Shutdown => {
+                // A triple fault leaves no trace in the guest; where the vCPU stood is the only lead.
+                eprintln!("vessel-vmm: vCPU {id} triple fault: {}", cpu_state(&vcpu));
                 let _ = ctx.exits.send(VmExit::Reset { how: "triple fault" });
                 return;
             }
@@ -271,4 +273,20 @@ fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
             other => return fail(format!("unexpected exit {other:?}")),
         }
     }
+}
+
+/// The registers that locate a fault (where the vCPU was, its paging and its mode), one line.
+fn cpu_state(vcpu: &VcpuFd) -> String {
+    let regs = match vcpu.get_regs() {
+        Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
+        Err(e) => format!("registers unreadable ({e})"),
+    };
+    let sregs = match vcpu.get_sregs() {
+        Ok(s) => format!(
+            "cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+        ),
+        Err(e) => format!("special registers unreadable ({e})"),
+    };
+    format!("{regs} {sregs}")
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use vessel_vmm::handmade::{
-    elf_kernel, load_byte_at_ebx, power_off, print, print_al, pvh_elf_kernel, reset, spin,
+    elf_kernel, load_byte_at_ebx, power_off, print, print_al, pvh_elf_kernel, reset, spin, triple_fault,
 };
 use vessel_vmm::kvm::Flavour;
 
@@ -80,6 +80,24 @@ fn guest_reset_is_reported_with_status_3() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_triple_fault_is_a_reset_and_says_where_the_vcpu_was() {
+    let dir = Scratch::new("cli", "triple-fault");
+    let kernel = dir.file("k", &elf_kernel(&triple_fault()));
+    let out = boot(&kernel, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("guest reset (reboot, via triple fault)"), "{err}");
+    // Long mode with the boot page tables: the state line names the registers that locate it.
+    let line = err
+        .lines()
+        .find(|l| l.contains("vCPU 0 triple fault: rip=0x"))
+        .unwrap_or_else(|| panic!("no register line: {err}"));
+    for register in ["rsp=", "cr0=0x", "cr3=0x", "cr4=0x", "efer=0x"] {
+        assert!(line.contains(register), "{register} missing: {line}");
+    }
 }
 
 #[test]
