@@ -205,74 +205,139 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHand
 
 fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Vcpu);
-    let fail = |error: String| {
-        let _ = ctx.exits.send(VmExit::VcpuFailed { vcpu: id, error });
-    };
     while !ctx.control.stopping() {
         if ctx.control.paused() {
+            if let Err(end) = complete_pending_io(id, &mut vcpu, &ctx) {
+                let _ = ctx.exits.send(end);
+                return;
+            }
             ctx.control.park(id, &vcpu);
             continue;
         }
-        let exit = match vcpu.run() {
-            Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => return fail(format!("KVM_RUN failed: {e}")),
-        };
-        match exit {
-            VcpuExit::IoIn(port, data) => {
-                // Reads of ports nobody answers float high, as on a PC bus.
-                if !ctx.pio.read(port.into(), data) {
-                    data.fill(0xff);
-                }
-            }
-            VcpuExit::IoOut(port, data) => {
-                ctx.pio.write(port.into(), data);
-            }
-            VcpuExit::MmioRead(addr, data) => {
-                if !ctx.mmio.read(addr, data) {
-                    data.fill(0xff);
-                }
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                ctx.mmio.write(addr, data);
-            }
-            // With the in-kernel IRQ chip a halted vCPU waits in KVM; an exit here is only a wake-up.
-            VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
-            VcpuExit::Shutdown => {
-                // A triple fault leaves no trace in the guest; where the vCPU stood is the only lead.
-                eprintln!("vessel-vmm: vCPU {id} triple fault: {}", cpu_state(&vcpu));
-                let _ = ctx.exits.send(VmExit::Reset { how: "triple fault" });
-                return;
-            }
-            VcpuExit::SystemEvent(kind, _) => {
-                let exit = match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,
-                    KVM_SYSTEM_EVENT_RESET => VmExit::Reset {
-                        how: "system reset event",
-                    },
-                    KVM_SYSTEM_EVENT_CRASH => VmExit::VcpuFailed {
-                        vcpu: id,
-                        error: "guest crashed".into(),
-                    },
-                    other => VmExit::VcpuFailed {
-                        vcpu: id,
-                        error: format!("unknown system event {other}"),
-                    },
-                };
-                let _ = ctx.exits.send(exit);
-                return;
-            }
-            VcpuExit::FailEntry(reason, _) => {
-                return fail(format!(
-                    "the CPU refused to enter the guest (hardware entry failure {reason:#x})"
-                ))
-            }
-            VcpuExit::InternalError => {
-                return fail("KVM internal error (instruction emulation failed)".into())
-            }
-            other => return fail(format!("unexpected exit {other:?}")),
+        if let Err(end) = run_once(id, &mut vcpu, &ctx) {
+            let _ = ctx.exits.send(end);
+            return;
         }
     }
+}
+
+/// Finishes the port or MMIO access the last exit handed to the devices before the vCPU parks.
+///
+/// KVM completes such an access (the value of an IN or MMIO read into its register, and on
+/// hardware virtualization even an OUT's step past the instruction) only when KVM_RUN is next
+/// entered. A snapshot taken in between would save the vCPU before the instruction and replay
+/// the access on restore: a byte printed twice, a read-to-clear register read twice. KVM_RUN
+/// with `immediate_exit` set completes it and returns at once.
+fn complete_pending_io(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Result<(), VmExit> {
+    vcpu.set_kvm_immediate_exit(1);
+    // A string instruction (rep outsb) may need the devices again before it is complete; each
+    // round hands over its next piece, and the EINTR comes once nothing is left.
+    let mut result = Ok(());
+    while result.is_ok() {
+        match vcpu.run() {
+            Ok(exit) => result = handle(id, exit, ctx).map_err(|end| end.into_exit(id, vcpu)),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break,
+            Err(e) => result = Err(kvm_run_failed(id, e)),
+        }
+    }
+    vcpu.set_kvm_immediate_exit(0);
+    result
+}
+
+/// One KVM_RUN and the exit it returns.
+fn run_once(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Result<(), VmExit> {
+    match vcpu.run() {
+        Ok(exit) => handle(id, exit, ctx).map_err(|end| end.into_exit(id, vcpu)),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+        Err(e) => Err(kvm_run_failed(id, e)),
+    }
+}
+
+fn kvm_run_failed(id: u8, e: kvm_ioctls::Error) -> VmExit {
+    VmExit::VcpuFailed {
+        vcpu: id,
+        error: format!("KVM_RUN failed: {e}"),
+    }
+}
+
+/// Why a vCPU stops running: a VM exit, or a triple fault (whose report needs the vCPU).
+enum End {
+    Exit(VmExit),
+    TripleFault,
+}
+
+impl End {
+    fn into_exit(self, id: u8, vcpu: &VcpuFd) -> VmExit {
+        match self {
+            End::Exit(exit) => exit,
+            End::TripleFault => {
+                // A triple fault leaves no trace in the guest; where the vCPU stood is the only lead.
+                eprintln!("vessel-vmm: vCPU {id} triple fault: {}", cpu_state(vcpu));
+                VmExit::Reset { how: "triple fault" }
+            }
+        }
+    }
+}
+
+/// Dispatches one exit to the buses; `Err` when it ends the VM.
+fn handle(id: u8, exit: VcpuExit, ctx: &VcpuContext) -> Result<(), End> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            // Reads of ports nobody answers float high, as on a PC bus.
+            if !ctx.pio.read(port.into(), data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(port.into(), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+        }
+        // With the in-kernel IRQ chip a halted vCPU waits in KVM; an exit here is only a wake-up.
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
+        VcpuExit::Shutdown => return Err(End::TripleFault),
+        VcpuExit::SystemEvent(kind, _) => {
+            return Err(End::Exit(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => VmExit::Reset {
+                    how: "system reset event",
+                },
+                KVM_SYSTEM_EVENT_CRASH => VmExit::VcpuFailed {
+                    vcpu: id,
+                    error: "guest crashed".into(),
+                },
+                other => VmExit::VcpuFailed {
+                    vcpu: id,
+                    error: format!("unknown system event {other}"),
+                },
+            }))
+        }
+        VcpuExit::FailEntry(reason, _) => {
+            return Err(End::Exit(VmExit::VcpuFailed {
+                vcpu: id,
+                error: format!("the CPU refused to enter the guest (hardware entry failure {reason:#x})"),
+            }))
+        }
+        VcpuExit::InternalError => {
+            return Err(End::Exit(VmExit::VcpuFailed {
+                vcpu: id,
+                error: "KVM internal error (instruction emulation failed)".into(),
+            }))
+        }
+        other => {
+            return Err(End::Exit(VmExit::VcpuFailed {
+                vcpu: id,
+                error: format!("unexpected exit {other:?}"),
+            }))
+        }
+    }
+    Ok(())
 }
 
 /// The registers that locate a fault (where the vCPU was, its paging and its mode), one line.

@@ -98,6 +98,79 @@ fn a_new_process_resumes_the_guest_where_it_stopped() {
     );
 }
 
+/// A port whose read holds the vCPU inside the device until the test hands it the value.
+struct HeldPort {
+    entered: std::sync::mpsc::Sender<()>,
+    value: std::sync::mpsc::Receiver<u8>,
+}
+impl vessel_vmm::devices::bus::BusDevice for HeldPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        self.entered.send(()).unwrap();
+        data.fill(self.value.recv().unwrap());
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+#[test]
+fn a_snapshot_taken_inside_a_port_read_saves_the_completed_read() {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    use vessel_vmm::handmade::{elf_kernel, power_off, print_al};
+    const HELD_PORT: u16 = 0x520;
+    let dir = Scratch::new("snapshot", "held-read");
+    let path = dir.0.join("vm.snap");
+    // mov edx, HELD_PORT; in al, dx; then AL to COM1 and power off.
+    let mut code = vec![0xba];
+    code.extend(u32::from(HELD_PORT).to_le_bytes());
+    code.push(0xec);
+    code.extend([print_al(), power_off()].concat());
+    let kernel = dir.0.join("in.elf");
+    std::fs::write(&kernel, elf_kernel(&code)).unwrap();
+    let config: vessel_vmm::config::VmConfig = serde_json::from_value(serde_json::json!({
+        "kernel": kernel, "memory_mib": 64, "cpus": 1, "pvm_guest_kernel": true,
+    }))
+    .unwrap();
+    let kvm = vessel_vmm::launch::open_kvm(&config).unwrap();
+    let mut vm = vessel_vmm::launch::build(&kvm, &config).unwrap();
+    let (entered, entered_rx) = channel();
+    let (value, value_rx) = channel();
+    let port = HeldPort {
+        entered,
+        value: value_rx,
+    };
+    vm.add_port_device(HELD_PORT, 1, std::sync::Arc::new(std::sync::Mutex::new(port)))
+        .unwrap();
+    let running = vm.start().unwrap();
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the guest reached its IN");
+    std::thread::scope(|scope| {
+        // The pause is asked for while the vCPU is in the device: it parks on its way back,
+        // with the IN handed to KVM but not yet put into AL.
+        let pauser = scope.spawn(|| running.pause());
+        while !running.is_paused() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        value.send(b'Q').unwrap();
+        pauser.join().unwrap();
+    });
+    vessel_vmm::snapshot::create(&running, &path).unwrap();
+    running.exit_sender().send(VmExit::PowerOff).unwrap();
+    running.wait();
+    // The new process has nothing at HELD_PORT: an IN replayed there would read 0xff.
+    let out = restore_cmd(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout, b"Q",
+        "the restored guest printed the value its IN read"
+    );
+}
+
 #[test]
 fn a_restore_rebuilds_the_virtio_devices_on_the_same_disk() {
     use vessel_vmm::config::SerialConfig;
