@@ -94,10 +94,16 @@ static FILTERS: OnceLock<Filters> = OnceLock::new();
 
 /// Installs the SIGSYS reporter; [`install`] does nothing until this has run. Calling it again
 /// changes nothing.
+///
+/// Call it before any thread starts: it also gives glibc's malloc a single arena. A thread's own
+/// arena, the first time it shrinks, makes glibc open /proc/sys/vm/overcommit_memory from
+/// whichever thread freed the memory, an open no filter can allow (the restored VMM's disk
+/// thread died of it in the lab); the main arena shrinks with brk instead.
 pub fn enable() -> Result<(), SeccompError> {
     if FILTERS.get().is_some() {
         return Ok(());
     }
+    one_malloc_arena();
     let filters = Filters {
         by_kind: Default::default(),
         selftest: std::env::var(SELFTEST_ENV)
@@ -107,6 +113,15 @@ pub fn enable() -> Result<(), SeccompError> {
     report::install_handler().map_err(SeccompError::Handler)?;
     let _ = FILTERS.set(filters);
     Ok(())
+}
+
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets one of the allocator's parameters (its return value says
+    // whether it took it; with the default allocator it always does).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// `kind`'s program: its list allowed, every other call trapped (the SIGSYS reporter).
