@@ -1,5 +1,5 @@
 //! Turning the process that will become the container's program into it: security labels, no_new_privs,
-//! seccomp, capabilities, user, umask, file descriptors, and the exec. Shared by `create` (the init) and
+//! seccomp, capabilities, user, umask, file descriptors, signal dispositions and mask, and the exec. Shared by `create` (the init) and
 //! `exec`.
 
 pub mod capabilities;
@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod exec;
 pub mod labels;
 pub mod rlimits;
+pub mod signals;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -121,7 +122,10 @@ impl Finisher {
     /// The last steps, in the order the kernel needs them, then exec. Returns only on failure.
     pub fn finish(mut self, state_json: &str) -> ProcessError {
         match self.finish_inner(state_json) {
-            Ok(()) => ProcessError::from(self.program.exec()),
+            Ok(()) => {
+                signals::reset_for_exec();
+                ProcessError::from(self.program.exec())
+            }
             Err(e) => e,
         }
     }
