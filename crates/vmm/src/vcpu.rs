@@ -342,16 +342,29 @@ fn handle(id: u8, exit: VcpuExit, ctx: &VcpuContext) -> Result<(), End> {
 
 /// The registers that locate a fault (where the vCPU was, its paging and its mode), one line.
 fn cpu_state(vcpu: &VcpuFd) -> String {
-    let regs = match vcpu.get_regs() {
+    // The architectural reset vector: where an INIT leaves a vCPU.
+    const RESET_CS: u16 = 0xf000;
+    const RESET_RIP: u64 = 0xfff0;
+    let regs = vcpu.get_regs();
+    let sregs = vcpu.get_sregs();
+    let mut line = match &regs {
         Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
         Err(e) => format!("registers unreadable ({e})"),
     };
-    let sregs = match vcpu.get_sregs() {
-        Ok(s) => format!(
-            "cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+    match &sregs {
+        Ok(s) => line.push_str(&format!(
+            " cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
             s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
-        ),
-        Err(e) => format!("special registers unreadable ({e})"),
-    };
-    format!("{regs} {sregs}")
+        )),
+        Err(e) => line.push_str(&format!(" special registers unreadable ({e})")),
+    }
+    if let (Ok(r), Ok(s)) = (&regs, &sregs) {
+        if r.rip == RESET_RIP && s.cs.selector == RESET_CS {
+            line.push_str(
+                " (the reset state: KVM on AMD re-initialises a vCPU that shut down, so where it \
+                 faulted is lost)",
+            );
+        }
+    }
+    line
 }
