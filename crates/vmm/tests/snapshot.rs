@@ -20,6 +20,7 @@ fn snapshot_counter(dir: &Path, path: &Path, cpus: u16) -> u8 {
     )
     .unwrap();
     let log = dir.join("before.log");
+    let _no_spawns = disk_or_spawn();
     // Every kind of virtio device: their (idle) state is saved and restored, and the restored
     // process listens on the same vsock socket once the first one is gone.
     let disk = dir.join("disk.img");
@@ -47,6 +48,21 @@ fn snapshot_counter(dir: &Path, path: &Path, cpus: u16) -> u8 {
     last
 }
 
+/// Held while a test of this process has a VM with a disk open in-process, and while it starts a
+/// child: a child started meanwhile would carry that disk's descriptor, and so its lock, until its
+/// exec, and a restore of the disk in that window would find it in use.
+static DISK_OR_SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn disk_or_spawn() -> std::sync::MutexGuard<'static, ()> {
+    DISK_OR_SPAWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts `cmd` (spawn returns once the child has exec'd, its inherited descriptors closed).
+fn spawn(cmd: &mut Command) -> std::process::Child {
+    let _no_disk_opening = disk_or_spawn();
+    cmd.spawn().unwrap()
+}
+
 fn restore_cmd(path: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"));
     cmd.arg("--restore")
@@ -69,11 +85,7 @@ fn a_new_process_resumes_the_guest_where_it_stopped() {
         allocated < 4 << 20,
         "{allocated} bytes allocated for a 256 MiB guest"
     );
-    let mut child = restore_cmd(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(restore_cmd(&path).stdout(Stdio::piped()).stderr(Stdio::piped()));
     let mut resumed = [0u8; 600];
     child.stdout.as_mut().unwrap().read_exact(&mut resumed).unwrap();
     child.kill().unwrap();
@@ -85,8 +97,7 @@ fn a_new_process_resumes_the_guest_where_it_stopped() {
     );
     assert!(resumed.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
     // The snapshot file is mapped privately: the resumed guest's writes never reach it.
-    let again = restore_cmd(&path).stdout(Stdio::piped()).spawn().unwrap();
-    let mut child = again;
+    let mut child = spawn(restore_cmd(&path).stdout(Stdio::piped()));
     let mut first = [0u8; 1];
     child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
     child.kill().unwrap();
@@ -158,7 +169,9 @@ fn a_snapshot_taken_inside_a_port_read_saves_the_completed_read() {
     running.exit_sender().send(VmExit::PowerOff).unwrap();
     running.wait();
     // The new process has nothing at HELD_PORT: an IN replayed there would read 0xff.
-    let out = restore_cmd(&path).output().unwrap();
+    let out = spawn(restore_cmd(&path).stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .wait_with_output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -177,6 +190,7 @@ fn a_restore_rebuilds_the_virtio_devices_on_the_same_disk() {
     let dir = Scratch::new("snapshot", "devices");
     let path = dir.0.join("vm.snap");
     snapshot_counter(&dir.0, &path, 1);
+    let no_spawns = disk_or_spawn();
     let vm = vessel_vmm::snapshot::restore(&path, SerialConfig::None).unwrap();
     let types: Vec<u32> = vm
         .virtio_transports()
@@ -194,16 +208,13 @@ fn a_restore_rebuilds_the_virtio_devices_on_the_same_disk() {
         .expect("a second restore while the first VM holds the disk");
     assert!(err.to_string().contains("in use by another VM"), "{err}");
     drop(vm);
+    drop(no_spawns);
     std::fs::remove_file(dir.0.join("disk.img")).unwrap();
     assert_refused(&path, "disk.img does not exist");
 }
 
 fn assert_refused(path: &Path, needle: &str) {
-    let mut child = restore_cmd(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(restore_cmd(path).stdout(Stdio::null()).stderr(Stdio::piped()));
     // A snapshot that should be refused but is not would run forever: bound the wait.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
