@@ -81,6 +81,13 @@ pub fn load_byte_at_ebx() -> Vec<u8> {
     vec![0x8a, 0x03]
 }
 
+/// Reads one byte from `port` into AL.
+pub fn read_port(port: u16) -> Vec<u8> {
+    let mut code = set_port(port);
+    code.push(0xec); // in al, dx
+    code
+}
+
 /// Writes AL to COM1.
 pub fn print_al() -> Vec<u8> {
     let mut code = set_port(COM1_PORT);

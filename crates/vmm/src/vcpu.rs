@@ -206,15 +206,12 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHand
 fn run(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Vcpu);
     while !ctx.control.stopping() {
-        if ctx.control.paused() {
-            if let Err(end) = complete_pending_io(id, &mut vcpu, &ctx) {
-                let _ = ctx.exits.send(end);
-                return;
-            }
-            ctx.control.park(id, &vcpu);
-            continue;
-        }
-        if let Err(end) = run_once(id, &mut vcpu, &ctx) {
+        let step = if ctx.control.paused() {
+            complete_pending_io(id, &mut vcpu, &ctx).map(|()| ctx.control.park(id, &vcpu))
+        } else {
+            run_once(id, &mut vcpu, &ctx).map(|_| ())
+        };
+        if let Err(end) = step {
             let _ = ctx.exits.send(end);
             return;
         }
@@ -232,23 +229,24 @@ fn complete_pending_io(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Result<(
     vcpu.set_kvm_immediate_exit(1);
     // A string instruction (rep outsb) may need the devices again before it is complete; each
     // round hands over its next piece, and the EINTR comes once nothing is left.
-    let mut result = Ok(());
-    while result.is_ok() {
-        match vcpu.run() {
-            Ok(exit) => result = handle(id, exit, ctx).map_err(|end| end.into_exit(id, vcpu)),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break,
-            Err(e) => result = Err(kvm_run_failed(id, e)),
+    let result = loop {
+        match run_once(id, vcpu, ctx) {
+            Ok(true) => continue,
+            done => break done.map(|_| ()),
         }
-    }
+    };
     vcpu.set_kvm_immediate_exit(0);
     result
 }
 
-/// One KVM_RUN and the exit it returns.
-fn run_once(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Result<(), VmExit> {
+/// One KVM_RUN and the exit it returns: `Ok(true)` when an exit was handled, `Ok(false)` when
+/// KVM_RUN was interrupted (a kick, or `immediate_exit`).
+fn run_once(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Result<bool, VmExit> {
     match vcpu.run() {
-        Ok(exit) => handle(id, exit, ctx).map_err(|end| end.into_exit(id, vcpu)),
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+        Ok(exit) => handle(id, exit, ctx)
+            .map(|()| true)
+            .map_err(|end| end.into_exit(id, vcpu)),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(false),
         Err(e) => Err(kvm_run_failed(id, e)),
     }
 }

@@ -2,7 +2,7 @@
 //! thread carries its filters, and a forbidden call made by a thread of each kind (the hidden
 //! VESSEL_VMM_SECCOMP_SELFTEST hook) kills the process with SIGSYS and a line naming the kind.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use vessel_vmm::kvm::Flavour;
 use vessel_vmm::seccomp::SELFTEST_ENV;
 
 mod common;
-use common::Scratch;
+use common::{without_core_file, Scratch};
 
 /// The VMM on `kernel` with a 32 MiB guest; no core file when it dies of SIGSYS.
 fn vmm(kernel: &Path, extra: &[&str]) -> Command {
@@ -24,17 +24,7 @@ fn vmm(kernel: &Path, extra: &[&str]) -> Command {
         cmd.arg("--pvm-guest-kernel");
     }
     cmd.stdin(Stdio::null()).env_remove(SELFTEST_ENV);
-    // SAFETY: setrlimit is async-signal-safe and only changes the child's own limit.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
+    without_core_file(&mut cmd);
     cmd
 }
 

@@ -5,9 +5,12 @@
 //!
 //! `harness = false`: each child does its work before any other thread exists.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 use vessel_vmm::seccomp::ThreadKind;
+
+mod common;
+use common::without_core_file;
 
 const MODE: &str = "VESSEL_TEST_HEAP_TRIM_MODE";
 
@@ -36,20 +39,9 @@ fn child(mode: &str) {
 
 fn run_child(mode: &str) -> Output {
     let mut cmd = Command::new(std::env::current_exe().expect("this test's path"));
-    cmd.env(MODE, mode);
-    // SAFETY: setrlimit is async-signal-safe and only changes the child's own limit (no core
-    // file when a child dies of SIGSYS).
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
-    cmd.output().expect("start the child")
+    without_core_file(cmd.env(MODE, mode))
+        .output()
+        .expect("start the child")
 }
 
 fn main() {

@@ -126,15 +126,12 @@ impl vessel_vmm::devices::bus::BusDevice for HeldPort {
 fn a_snapshot_taken_inside_a_port_read_saves_the_completed_read() {
     use std::sync::mpsc::channel;
     use std::time::Duration;
-    use vessel_vmm::handmade::{elf_kernel, power_off, print_al};
+    use vessel_vmm::handmade::{elf_kernel, power_off, print_al, read_port};
     const HELD_PORT: u16 = 0x520;
     let dir = Scratch::new("snapshot", "held-read");
     let path = dir.0.join("vm.snap");
-    // mov edx, HELD_PORT; in al, dx; then AL to COM1 and power off.
-    let mut code = vec![0xba];
-    code.extend(u32::from(HELD_PORT).to_le_bytes());
-    code.push(0xec);
-    code.extend([print_al(), power_off()].concat());
+    // in al from HELD_PORT, then AL to COM1 and power off.
+    let code = [read_port(HELD_PORT), print_al(), power_off()].concat();
     let kernel = dir.0.join("in.elf");
     std::fs::write(&kernel, elf_kernel(&code)).unwrap();
     let config: vessel_vmm::config::VmConfig = serde_json::from_value(serde_json::json!({

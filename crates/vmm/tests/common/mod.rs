@@ -1,8 +1,10 @@
-//! What the integration tests share: a scratch directory per test.
+//! What the integration tests share: a scratch directory per test, and children without core files.
 // Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::Command;
 
 /// `<tmp>/vessel-vmm-<suite>-<name>-<pid>`, emptied when made and removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -31,5 +33,20 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes `cmd`'s child leave no core file (children that are meant to die of SIGSYS).
+pub fn without_core_file(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setrlimit is async-signal-safe and only changes the child's own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        })
     }
 }
