@@ -1,0 +1,197 @@
+//! The instance handlers that answer with one JSON document.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use vessel_api::{Info, Instance, InstanceConfig, InstanceUpdate, Rename, StateChange, Top, WaitResult};
+
+use super::{ApiError, ApiResult, AppState};
+
+pub async fn info(State(st): State<AppState>) -> ApiResult<Json<Info>> {
+    let list = st.mgr.list()?;
+    Ok(Json(Info {
+        name: st.mgr.cfg.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        api_version: "1.0".into(),
+        root: st.mgr.cfg.root.display().to_string(),
+        pid: std::process::id(),
+        instances: list.len() as u64,
+        running: list.iter().filter(|i| i.state.status.is_active()).count() as u64,
+        cgroup_parent: st.mgr.cfg.cgroup_parent(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Include instances that are not running.
+    #[serde(default)]
+    all: Option<bool>,
+    /// `label=KEY[=VALUE]`, `status=S`, `name=SUBSTRING`, `id=PREFIX`, `kind=K`; repeatable as a
+    /// comma-free list separated by '&' is not possible in one field, so several are joined with ';'.
+    #[serde(default)]
+    filter: Option<String>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<Instance>>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filters = q
+        .filter
+        .as_deref()
+        .map(parse_filters)
+        .transpose()?
+        .unwrap_or_default();
+    let all = q.all.unwrap_or(false);
+    let list = st
+        .mgr
+        .list()?
+        .into_iter()
+        .filter(|i| all || i.state.status.is_active())
+        .filter(|i| filters.iter().all(|f| f.matches(i)))
+        .collect();
+    Ok(Json(list))
+}
+
+/// One `--filter` of `ps`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    Label(String, Option<String>),
+    Status(String),
+    Name(String),
+    Id(String),
+    Kind(String),
+}
+
+impl Filter {
+    fn matches(&self, i: &Instance) -> bool {
+        match self {
+            Filter::Label(k, v) => i.config.labels.get(k).is_some_and(|x| v.as_ref().is_none_or(|v| v == x)),
+            Filter::Status(s) => i.state.status.as_str() == s,
+            Filter::Name(n) => i.name.contains(n.as_str()),
+            Filter::Id(p) => i.id.starts_with(p.as_str()),
+            Filter::Kind(k) => i.kind.to_string() == *k,
+        }
+    }
+}
+
+pub fn parse_filters(s: &str) -> ApiResult<Vec<Filter>> {
+    s.split(';')
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let (key, value) = f
+                .split_once('=')
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid filter {f:?}: use KEY=VALUE")))?;
+            Ok(match key {
+                "label" => match value.split_once('=') {
+                    Some((k, v)) => Filter::Label(k.into(), Some(v.into())),
+                    None => Filter::Label(value.into(), None),
+                },
+                "status" => {
+                    if vessel_api::Status::parse(value).is_none() {
+                        return Err(ApiError::bad_request(format!("Invalid status filter {value:?}")));
+                    }
+                    Filter::Status(value.into())
+                }
+                "name" => Filter::Name(value.into()),
+                "id" => Filter::Id(value.into()),
+                "kind" => Filter::Kind(value.into()),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "Unknown filter {other:?}: use label, status, name, id or kind"
+                    )))
+                }
+            })
+        })
+        .collect()
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    body: Result<Json<InstanceConfig>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Instance>)> {
+    let Json(config) = body?;
+    Ok((StatusCode::CREATED, Json(st.mgr.create(config).await?)))
+}
+
+pub async fn inspect(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Instance>> {
+    Ok(Json(st.mgr.find(&name)?.instance))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    st.mgr.delete(&name, q.force.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<InstanceUpdate>, JsonRejection>,
+) -> ApiResult<Json<Instance>> {
+    let Json(u) = body?;
+    Ok(Json(st.mgr.update(&name, u).await?))
+}
+
+pub async fn change_state(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<StateChange>, JsonRejection>,
+) -> ApiResult<Json<Instance>> {
+    let Json(change) = body?;
+    Ok(Json(st.mgr.change_state(&name, &change).await?))
+}
+
+pub async fn rename(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<Rename>, JsonRejection>,
+) -> ApiResult<Json<Instance>> {
+    let Json(r) = body?;
+    Ok(Json(st.mgr.rename(&name, &r.name)?))
+}
+
+pub async fn wait(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<WaitResult>> {
+    Ok(Json(WaitResult {
+        exit_code: st.mgr.wait(&name).await?,
+    }))
+}
+
+pub async fn top(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Top>> {
+    let mgr = st.mgr.clone();
+    Ok(Json(
+        tokio::task::spawn_blocking(move || mgr.top(&name))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_reject_unknown_keys() {
+        let f = parse_filters("label=app=web;status=running").unwrap();
+        assert_eq!(f[0], Filter::Label("app".into(), Some("web".into())));
+        assert_eq!(f[1], Filter::Status("running".into()));
+        assert!(parse_filters("colour=red").is_err());
+        assert!(parse_filters("status=flying").is_err());
+        assert!(parse_filters("label").is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! vesseld: the daemon that keeps vessel's instances. `vessel daemon` runs the same in the foreground.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "vesseld", version, about = "vesseld: keeps vessel's instances and serves its API")]
+struct Args {
+    /// Persistent state: the store, images and instances.
+    #[arg(long, default_value = "/var/lib/vessel")]
+    root: PathBuf,
+    /// Runtime state: the API socket (RUN_DIR/vessel.sock), pid file, supervisors' sockets.
+    #[arg(long = "run-dir", default_value = "/run/vessel")]
+    run_dir: PathBuf,
+    /// This daemon's name on the host (its cgroup parent is /NAME).
+    #[arg(long, default_value = "vessel")]
+    name: String,
+    /// The supervisor binary (default: vessel-supervisor beside vesseld).
+    #[arg(long)]
+    supervisor: Option<PathBuf>,
+    /// Largest size of one instance log file before it rotates, in bytes.
+    #[arg(long = "log-max-size", default_value_t = 10 << 20)]
+    log_max_size: u64,
+    /// Log files kept per instance (the current one and rotated ones).
+    #[arg(long = "log-max-files", default_value_t = 3)]
+    log_max_files: u32,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    vessel_daemon::run_daemon(vessel_daemon::DaemonArgs {
+        root: args.root,
+        run_dir: args.run_dir,
+        name: args.name,
+        supervisor: args.supervisor,
+        log_max_size: args.log_max_size,
+        log_max_files: args.log_max_files,
+    })
+}

@@ -1,0 +1,97 @@
+//! Where one vesseld keeps everything: all paths, the cgroup parent and (later) its bridges and nftables
+//! tables derive from its root, run directory and name, so two daemons side by side never touch each
+//! other's instances.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Persistent state: the store, the image store, each instance's files.
+    pub root: PathBuf,
+    /// Runtime state (gone after a reboot): the API socket, pid file, supervisors' sockets, the runtime's
+    /// state directory.
+    pub run_dir: PathBuf,
+    /// Names the cgroup parent (`/<name>`) and what else must be unique per daemon on a host.
+    pub name: String,
+    /// The supervisor binary (default: `vessel-supervisor` beside our own executable).
+    pub supervisor: PathBuf,
+    /// Log bound per instance: bytes per file and number of files.
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+}
+
+impl DaemonConfig {
+    pub fn new(root: PathBuf, run_dir: PathBuf, name: String) -> DaemonConfig {
+        let supervisor = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("vessel-supervisor")))
+            .unwrap_or_else(|| PathBuf::from("vessel-supervisor"));
+        DaemonConfig {
+            root,
+            run_dir,
+            name,
+            supervisor,
+            log_max_size: 10 << 20,
+            log_max_files: 3,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("vessel.sock")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join("vesseld.pid")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("vesseld.lock")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("vesseld.db")
+    }
+
+    pub fn runtime_root(&self) -> PathBuf {
+        self.run_dir.join("runtime")
+    }
+
+    /// An instance's persistent files: bundle (config.json, rootfs, upper, work), log, exit record.
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
+        self.root.join("instances").join(id)
+    }
+
+    pub fn instances_dir(&self) -> PathBuf {
+        self.root.join("instances")
+    }
+
+    pub fn supervisors_dir(&self) -> PathBuf {
+        self.run_dir.join("sup")
+    }
+
+    /// A running instance's attach socket (short: a unix socket path has 108 bytes).
+    pub fn attach_socket(&self, id: &str) -> PathBuf {
+        self.supervisors_dir().join(format!("{id}.sock"))
+    }
+
+    pub fn exit_file(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("exit.json")
+    }
+
+    pub fn log_file(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("container.log")
+    }
+
+    /// The cgroup every instance's cgroup is made under.
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    pub fn cgroup_path(&self, id: &str) -> String {
+        format!("{}/{id}", self.cgroup_parent())
+    }
+
+    pub fn image_root(&self) -> &Path {
+        &self.root
+    }
+}

@@ -1,0 +1,52 @@
+//! vesseld, the daemon that keeps vessel's instances (REST API, state store, reconciliation), and
+//! vessel-supervisor, the small process that owns each running instance's stdio, log and exit status.
+
+pub mod api;
+pub mod config;
+pub mod manager;
+pub mod server;
+pub mod store;
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What `vesseld` and `vessel daemon` take.
+#[derive(Debug, Clone)]
+pub struct DaemonArgs {
+    pub root: PathBuf,
+    pub run_dir: PathBuf,
+    pub name: String,
+    pub supervisor: Option<PathBuf>,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+}
+
+/// Run the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run_daemon(a: DaemonArgs) -> ExitCode {
+    let mut cfg = config::DaemonConfig::new(a.root, a.run_dir, a.name);
+    if let Some(s) = a.supervisor {
+        cfg.supervisor = s;
+    }
+    cfg.log_max_size = a.log_max_size;
+    cfg.log_max_files = a.log_max_files;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vesseld: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = cfg.socket();
+    match rt.block_on(server::run(cfg, || eprintln!("vesseld: serving on {}", socket.display()))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vesseld: {}", vessel_runtime::logging::one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}

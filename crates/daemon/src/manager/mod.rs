@@ -1,0 +1,427 @@
+//! The instance manager: the verbs of vesseld over the store, the image store, the runtime library and the
+//! supervisors. The API handlers call it; nothing else writes the store.
+//!
+//! Consistency: every change of an instance is first written to the store (a transitional status such as
+//! `creating`, `starting` or `deleting` when host work follows), then done on the host, then recorded; a
+//! crash at any point leaves a record that [`reconcile`] finishes or undoes at the next start.
+
+pub mod bundle;
+mod error;
+mod lifecycle;
+mod names;
+pub mod reconcile;
+mod stats;
+mod streams;
+mod supervise;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, oneshot, watch as tokio_watch};
+use vessel_api::{Event, Instance, InstanceConfig, InstanceState, Kind, Status};
+use vessel_image::snapshot::Snapshot;
+
+pub use error::ManagerError;
+pub use streams::{ExecSession, LogQuery};
+
+use crate::config::DaemonConfig;
+use crate::store::{InstanceStore, Record, StoreError, SupervisorRef};
+
+/// What vesseld holds in memory about one instance (nothing that must survive a restart).
+#[derive(Default)]
+struct Live {
+    /// Serializes the verbs on one instance (start, stop, delete, ...).
+    verb: tokio::sync::Mutex<()>,
+    /// Bumped whenever the instance's process exits; `wait` and `stop` watch it.
+    exits: Mutex<Option<tokio_watch::Sender<u64>>>,
+    /// Clients attached before the instance started: each gets a connection to the supervisor at start.
+    pending_attaches: Mutex<Vec<oneshot::Sender<Result<tokio::net::UnixStream, String>>>>,
+    /// The restart policy's back-off step (reset after a run of 10 s or more).
+    backoff: Mutex<u32>,
+}
+
+impl Live {
+    fn exit_watch(&self) -> tokio_watch::Receiver<u64> {
+        let mut g = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert_with(|| tokio_watch::channel(0).0).subscribe()
+    }
+
+    fn notify_exit(&self) {
+        let mut g = self.exits.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert_with(|| tokio_watch::channel(0).0)
+            .send_modify(|n| *n += 1);
+    }
+}
+
+pub struct Manager {
+    pub cfg: DaemonConfig,
+    store: Arc<dyn InstanceStore>,
+    events: broadcast::Sender<Event>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Read-modify-write of an instance's state is done under this lock (never held across an await).
+    state_write: Mutex<()>,
+    /// Verbs and reconciliation are serialized against the image store's own writers by its lock; this one
+    /// keeps our own creates from unpacking the same image twice at once.
+    image_lock: tokio::sync::Mutex<()>,
+}
+
+impl Manager {
+    pub fn new(cfg: DaemonConfig, store: Arc<dyn InstanceStore>) -> Arc<Manager> {
+        Arc::new(Manager {
+            cfg,
+            store,
+            events: broadcast::channel(1024).0,
+            live: Mutex::new(HashMap::new()),
+            state_write: Mutex::new(()),
+            image_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, action: &str, inst: &Instance, exit_code: Option<i32>) {
+        let _ = self.events.send(Event {
+            time: vessel_runtime::clock::now_rfc3339(),
+            action: action.into(),
+            id: inst.id.clone(),
+            name: inst.name.clone(),
+            exit_code,
+        });
+    }
+
+    fn live(&self, id: &str) -> Arc<Live> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub fn find(&self, name_or_id: &str) -> Result<Record, ManagerError> {
+        Ok(self.store.find(name_or_id)?)
+    }
+
+    pub fn list(&self) -> Result<Vec<Instance>, ManagerError> {
+        Ok(self.store.list()?.into_iter().map(|r| r.instance).collect())
+    }
+
+    /// Change an instance's recorded state in one transaction; returns the new record.
+    fn update_state(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut InstanceState, &mut Option<SupervisorRef>),
+    ) -> Result<Record, ManagerError> {
+        let _g = self.state_write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.store.get(id)?;
+        f(&mut r.instance.state, &mut r.supervisor);
+        self.store.set_state(id, &r.instance.state, r.supervisor)?;
+        Ok(r)
+    }
+
+    pub fn runtime(&self) -> vessel_runtime::container::Runtime {
+        vessel_runtime::container::Runtime::new(self.cfg.runtime_root(), false)
+    }
+
+    pub fn image_store(&self) -> Result<vessel_image::store::Store, ManagerError> {
+        vessel_image::store::Store::open(self.cfg.image_root())
+            .map_err(|e| ManagerError::Internal(format!("Cannot open the image store: {e}")))
+    }
+
+    /// `POST /1.0/instances`.
+    pub async fn create(self: &Arc<Self>, mut config: InstanceConfig) -> Result<Instance, ManagerError> {
+        if config.kind == Kind::Vm {
+            return Err(ManagerError::Invalid(
+                "kind vm is not supported by this vesseld yet: create a container".into(),
+            ));
+        }
+        bundle::validate(&config)?;
+        config.restart.validate().map_err(ManagerError::Invalid)?;
+        if config.restart.name.is_empty() {
+            config.restart.name = "no".into();
+        }
+        if config.auto_remove && config.restart.name != "no" {
+            return Err(ManagerError::Invalid(
+                "auto-remove (--rm) and a restart policy cannot be combined".into(),
+            ));
+        }
+        if let Some(n) = &config.name {
+            names::validate(n)?;
+        }
+        vessel_image::reference::Reference::parse(&config.image)
+            .map(|_| ())
+            .or_else(|e| {
+                // An image id (or its prefix) is also a valid way to name an image.
+                let hex = config.image.trim_start_matches("sha256:");
+                if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    Ok(())
+                } else {
+                    Err(ManagerError::Invalid(format!("Invalid image reference {:?}: {e}", config.image)))
+                }
+            })?;
+        let (image_name, image_id) = {
+            let store = self.image_store()?;
+            let img = store.find(&config.image).map_err(|e| match e {
+                vessel_image::store::StoreError::NotFound(_) => ManagerError::NotFound(format!(
+                    "Image {} is not in the image store: pull or import it first",
+                    config.image
+                )),
+                other => ManagerError::Internal(other.to_string()),
+            })?;
+            (img.name.clone(), img.config.to_string())
+        };
+        let id = names::random_id()?;
+        let name = match config.name.clone() {
+            Some(n) => n,
+            None => names::generate(&id),
+        };
+        let instance = Instance {
+            id: id.clone(),
+            name,
+            kind: config.kind,
+            image: image_name,
+            image_id,
+            created_at: vessel_runtime::clock::now_rfc3339(),
+            config,
+            state: InstanceState {
+                status: Status::Creating,
+                pid: None,
+                exit_code: None,
+                oom_killed: false,
+                started_at: None,
+                finished_at: None,
+                restart_count: 0,
+                stopped_by_user: false,
+            },
+        };
+        self.store
+            .insert(&Record {
+                instance: instance.clone(),
+                supervisor: None,
+            })
+            .map_err(|e| match e {
+                StoreError::NameTaken(n) => ManagerError::Conflict(format!(
+                    "The name {n:?} is already in use by another instance"
+                )),
+                e => e.into(),
+            })?;
+        let prepared = {
+            let _g = self.image_lock.lock().await;
+            let mgr = self.clone();
+            let inst = instance.clone();
+            tokio::task::spawn_blocking(move || mgr.prepare_files(&inst))
+                .await
+                .map_err(|e| ManagerError::Internal(e.to_string()))?
+        };
+        if let Err(e) = prepared {
+            let mgr = self.clone();
+            let id2 = id.clone();
+            let _ = tokio::task::spawn_blocking(move || mgr.remove_files(&id2)).await;
+            let _ = self.store.delete(&id);
+            return Err(e);
+        }
+        let r = self.update_state(&id, |s, _| s.status = Status::Created)?;
+        self.emit("created", &r.instance, None);
+        Ok(r.instance)
+    }
+
+    /// The instance's root filesystem and config.json (made again at every start, as limits may change).
+    fn prepare_files(&self, inst: &Instance) -> Result<(), ManagerError> {
+        let dir = self.cfg.instance_dir(&inst.id);
+        let store = self.image_store()?;
+        let image = store
+            .find(&inst.image_id)
+            .map_err(|e| ManagerError::Internal(format!("Image {} of {}: {e}", inst.image, inst.name)))?;
+        let snapshot = Snapshot::at(&dir);
+        let rootfs = if snapshot.is_mounted() {
+            snapshot.rootfs.clone()
+        } else {
+            let lowers = store
+                .layer_dirs(&image)
+                .map_err(|e| ManagerError::Internal(format!("Image {}: {e}", inst.image)))?;
+            vessel_image::snapshot::mount_snapshot(&lowers, &dir)
+                .map_err(|e| ManagerError::Internal(e.to_string()))?
+                .rootfs
+        };
+        let image_config = store
+            .config(&image)
+            .map_err(|e| ManagerError::Internal(format!("Image {}: {e}", inst.image)))?;
+        let spec = bundle::runtime_config(
+            &inst.config,
+            &inst.id,
+            &inst.name,
+            &image_config,
+            &rootfs,
+            &self.cfg.cgroup_path(&inst.id),
+        )?;
+        let path = dir.join("config.json");
+        crate::supervisor::write_atomic(&path, &serde_json::to_vec_pretty(&spec).unwrap_or_default())
+            .map_err(|e| ManagerError::Internal(format!("Cannot write {}: {e}", path.display())))
+    }
+
+    /// Unmount the instance's root filesystem, keeping its changes.
+    fn unmount(&self, id: &str) {
+        let rootfs = self.cfg.instance_dir(id).join("rootfs");
+        if Snapshot::at(&self.cfg.instance_dir(id)).is_mounted() {
+            if nix::mount::umount2(&rootfs, nix::mount::MntFlags::empty()).is_err() {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    /// Everything an instance has on the host: its container (killed), cgroup, mounts, files.
+    fn remove_files(&self, id: &str) -> Result<(), ManagerError> {
+        let _ = vessel_runtime::container::delete(&self.runtime(), id, true);
+        self.remove_cgroup(id);
+        let dir = self.cfg.instance_dir(id);
+        Snapshot::at(&dir)
+            .remove()
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let _ = std::fs::remove_file(self.cfg.attach_socket(id));
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ManagerError::Internal(format!("Cannot remove {}: {e}", dir.display()))),
+        }
+    }
+
+    /// The instance's cgroup, if something left it (its processes killed first).
+    fn remove_cgroup(&self, id: &str) {
+        let path = self.cfg.cgroup_path(id);
+        if let Ok(cg) = vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&path)), id, false) {
+            for pid in cg.pids().unwrap_or_default() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            for _ in 0..50 {
+                if cg.destroy().is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// `DELETE /1.0/instances/NAME`.
+    pub async fn delete(self: &Arc<Self>, name_or_id: &str, force: bool) -> Result<(), ManagerError> {
+        let id = self.find(name_or_id)?.instance.id;
+        let live = self.live(&id);
+        let _g = live.verb.lock().await;
+        let r = self.store.get(&id)?;
+        if r.instance.state.status.is_active() {
+            if !force {
+                return Err(ManagerError::Conflict(format!(
+                    "Instance {} is {}: stop it first or delete with force",
+                    r.instance.name, r.instance.state.status
+                )));
+            }
+            self.kill_and_wait(&r, std::time::Duration::from_secs(10)).await?;
+        }
+        self.delete_now(&id).await
+    }
+
+    /// Delete a stopped instance (the verb lock held by the caller).
+    async fn delete_now(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
+        let r = self.update_state(id, |s, _| s.status = Status::Deleting)?;
+        let mgr = self.clone();
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || mgr.remove_files(&id2))
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))??;
+        self.store.delete(id)?;
+        self.emit("deleted", &r.instance, None);
+        if let Some(l) = self.live.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            l.notify_exit();
+        }
+        self.forget(id);
+        Ok(())
+    }
+
+    /// `POST /1.0/instances/NAME/rename`.
+    pub fn rename(&self, name_or_id: &str, new_name: &str) -> Result<Instance, ManagerError> {
+        names::validate(new_name)?;
+        let id = self.find(name_or_id)?.instance.id;
+        self.store.rename(&id, new_name).map_err(|e| match e {
+            StoreError::NameTaken(n) => {
+                ManagerError::Conflict(format!("The name {n:?} is already in use by another instance"))
+            }
+            e => e.into(),
+        })?;
+        let r = self.store.get(&id)?;
+        self.emit("renamed", &r.instance, None);
+        Ok(r.instance)
+    }
+
+    /// `POST /1.0/instances/NAME/wait`: until the instance is not running; its exit code.
+    pub async fn wait(&self, name_or_id: &str) -> Result<Option<i32>, ManagerError> {
+        let id = self.find(name_or_id)?.instance.id;
+        let mut rx = self.live(&id).exit_watch();
+        loop {
+            let r = match self.store.get(&id) {
+                Ok(r) => r,
+                // Deleted while we waited (--rm): it has exited.
+                Err(StoreError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if !r.instance.state.status.is_active() {
+                return Ok(r.instance.state.exit_code);
+            }
+            if rx.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// `PATCH /1.0/instances/NAME`: limits (applied live when running) and the restart policy.
+    pub async fn update(
+        &self,
+        name_or_id: &str,
+        upd: vessel_api::InstanceUpdate,
+    ) -> Result<Instance, ManagerError> {
+        let id = self.find(name_or_id)?.instance.id;
+        let live = self.live(&id);
+        let _g = live.verb.lock().await;
+        let mut r = self.store.get(&id)?;
+        let mut config = r.instance.config.clone();
+        if let Some(l) = &upd.limits {
+            merge_limits(&mut config.limits, l);
+            bundle::validate_limits(&config.limits)?;
+        }
+        if let Some(p) = &upd.restart {
+            p.validate().map_err(ManagerError::Invalid)?;
+            config.restart = p.clone();
+        }
+        if r.instance.state.status.is_active() {
+            if let Some(l) = &upd.limits {
+                let res: oci_spec::runtime::LinuxResources = serde_json::from_value(bundle::resources(l))
+                    .map_err(|e| ManagerError::Invalid(format!("Invalid limits: {e}")))?;
+                let rt = self.runtime();
+                let id2 = id.clone();
+                tokio::task::spawn_blocking(move || vessel_runtime::container::update(&rt, &id2, &res))
+                    .await
+                    .map_err(|e| ManagerError::Internal(e.to_string()))?
+                    .map_err(|e| ManagerError::Invalid(vessel_runtime::logging::one_line(&e)))?;
+            }
+        }
+        self.store.set_config(&id, &config)?;
+        r.instance.config = config;
+        self.emit("updated", &r.instance, None);
+        Ok(r.instance)
+    }
+}
+
+fn merge_limits(into: &mut vessel_api::Limits, from: &vessel_api::Limits) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f.clone(); } )* };
+    }
+    take!(memory, memory_swap, cpus, cpu_shares, cpuset_cpus, pids, blkio_weight);
+}

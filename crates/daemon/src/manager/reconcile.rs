@@ -1,0 +1,157 @@
+//! At start-up, before the API serves: make the host agree with the store. Half-made or half-deleted
+//! instances are finished off; running ones whose supervisor lives are watched again; those whose supervisor
+//! died get their exit recorded (and their restart policy applied, which brings instances back after a host
+//! restart); what the host holds that no record names (containers, cgroups, mounts, directories, sockets)
+//! is removed. Every repair is reported.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use vessel_api::Status;
+
+use super::supervise::supervisor_alive;
+use super::{Manager, ManagerError};
+
+/// What reconciliation found and did, one line each.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<String>,
+}
+
+impl Manager {
+    pub async fn reconcile(self: &Arc<Self>) -> Result<Report, ManagerError> {
+        let mut report = Report::default();
+        let records = self.store.list()?;
+        let mut known = HashSet::new();
+        for r in records {
+            let inst = &r.instance;
+            let id = inst.id.clone();
+            match inst.state.status {
+                Status::Creating | Status::Deleting => {
+                    let mgr = self.clone();
+                    let id2 = id.clone();
+                    tokio::task::spawn_blocking(move || mgr.remove_files(&id2))
+                        .await
+                        .map_err(|e| ManagerError::Internal(e.to_string()))??;
+                    self.store.delete(&id)?;
+                    report.lines.push(format!(
+                        "{}: removed (it was being {} when vesseld stopped)",
+                        inst.name,
+                        if inst.state.status == Status::Creating { "created" } else { "deleted" }
+                    ));
+                    continue;
+                }
+                Status::Running | Status::Paused | Status::Starting => {
+                    let alive = r.supervisor.as_ref().is_some_and(supervisor_alive);
+                    if alive && inst.state.status != Status::Starting {
+                        self.watch_supervisor(id.clone(), r.supervisor.unwrap_or(crate::store::SupervisorRef { pid: 0, start_time: 0 }));
+                        known.insert(id);
+                        continue;
+                    }
+                    if alive {
+                        // A start that never finished: its container was created but not started.
+                        let rt = self.runtime();
+                        let id2 = id.clone();
+                        let _ = tokio::task::spawn_blocking(move || vessel_runtime::container::delete(&rt, &id2, true)).await;
+                        self.watch_supervisor(id.clone(), r.supervisor.unwrap_or(crate::store::SupervisorRef { pid: 0, start_time: 0 }));
+                        report.lines.push(format!("{}: its start was interrupted; stopped", inst.name));
+                        known.insert(id);
+                        continue;
+                    }
+                    report.lines.push(format!(
+                        "{}: its supervisor is gone; recorded as exited{}",
+                        inst.name,
+                        if self.cfg.exit_file(&id).exists() { "" } else { " with an unknown status" }
+                    ));
+                    self.on_exit(&id, true).await?;
+                    known.insert(id);
+                }
+                Status::Created | Status::Exited => {
+                    // Nothing may run for it; its root stays unmounted until it starts.
+                    let mgr = self.clone();
+                    let id2 = id.clone();
+                    let had_container = tokio::task::spawn_blocking(move || {
+                        let had = vessel_runtime::container::state(&mgr.runtime(), &id2).is_ok();
+                        let _ = vessel_runtime::container::delete(&mgr.runtime(), &id2, true);
+                        mgr.remove_cgroup(&id2);
+                        mgr.unmount(&id2);
+                        had
+                    })
+                    .await
+                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                    if had_container {
+                        report.lines.push(format!("{}: removed a container it should not have had", inst.name));
+                    }
+                    known.insert(id);
+                }
+            }
+        }
+        let mgr = self.clone();
+        let orphans = tokio::task::spawn_blocking(move || mgr.remove_orphans(&known))
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        report.lines.extend(orphans);
+        Ok(report)
+    }
+
+    /// Containers, instance directories, sockets and cgroups of ours that no record names.
+    fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
+        let mut lines = Vec::new();
+        let rt = self.runtime();
+        for id in vessel_runtime::state::list_ids(&rt.root).unwrap_or_default() {
+            if !known.contains(&id) {
+                let _ = vessel_runtime::container::delete(&rt, &id, true);
+                lines.push(format!("{id}: removed a container no instance owns"));
+            }
+        }
+        for id in dir_names(&self.cfg.instances_dir()) {
+            if !known.contains(&id) {
+                match self.remove_files(&id) {
+                    Ok(()) => lines.push(format!("{id}: removed files no instance owns")),
+                    Err(e) => lines.push(format!("{id}: cannot remove files no instance owns: {e}")),
+                }
+            }
+        }
+        for name in dir_names(&self.cfg.supervisors_dir()) {
+            let id = name.split('.').next().unwrap_or("");
+            if !known.contains(id) {
+                let _ = std::fs::remove_file(self.cfg.supervisors_dir().join(&name));
+            }
+        }
+        let parent = self.cfg.cgroup_parent();
+        if let Ok(cg) = vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&parent)), "parent", false) {
+            let mut seen = HashSet::new();
+            for d in cg.dirs() {
+                for id in dir_names(&d.path) {
+                    if !known.contains(&id) && seen.insert(id.clone()) {
+                        self.remove_cgroup(&id);
+                        lines.push(format!("{id}: removed a cgroup no instance owns"));
+                    }
+                }
+            }
+        }
+        lines
+    }
+}
+
+fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || t.is_socket_like()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+trait SocketLike {
+    fn is_socket_like(&self) -> bool;
+}
+
+impl SocketLike for std::fs::FileType {
+    fn is_socket_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_socket() || self.is_file()
+    }
+}

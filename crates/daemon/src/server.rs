@@ -1,0 +1,107 @@
+//! Running vesseld: one per root (a lock), a pid file, the API socket (mode 0660, group `vessel` when
+//! that group exists), reconciliation before the first request, and a clean stop on SIGTERM / SIGINT
+//! that leaves every instance running.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use crate::api::{self, AppState, Metrics};
+use crate::config::DaemonConfig;
+use crate::manager::Manager;
+use crate::store::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("Cannot create {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error("Another vesseld already runs on {root}{pid}")]
+    Locked { root: String, pid: String },
+    #[error("Cannot lock {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
+    #[error("Cannot listen on {path}: {source}")]
+    Listen { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("Reconciliation failed: {0}")]
+    Reconcile(#[from] crate::manager::ManagerError),
+    #[error("Serving the API failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Held for the daemon's life: the root's lock.
+pub struct RootLock {
+    _file: File,
+}
+
+pub fn lock_root(cfg: &DaemonConfig) -> Result<RootLock, ServerError> {
+    for d in [&cfg.root, &cfg.run_dir, &cfg.instances_dir(), &cfg.supervisors_dir()] {
+        std::fs::create_dir_all(d).map_err(|source| ServerError::Dir {
+            path: d.display().to_string(),
+            source,
+        })?;
+    }
+    let path = cfg.lock_file();
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServerError::Lock {
+            path: path.display().to_string(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = std::fs::read_to_string(cfg.pid_file())
+            .map(|p| format!(" (pid {})", p.trim()))
+            .unwrap_or_default();
+        return Err(ServerError::Locked {
+            root: cfg.root.display().to_string(),
+            pid,
+        });
+    }
+    Ok(RootLock { _file: file })
+}
+
+/// Serve until SIGTERM or SIGINT. `ready` is told once the socket accepts requests.
+pub async fn run(cfg: DaemonConfig, ready: impl FnOnce()) -> Result<(), ServerError> {
+    let _lock = lock_root(&cfg)?;
+    let _ = std::fs::write(cfg.pid_file(), format!("{}\n", std::process::id()));
+    let store = Arc::new(SqliteStore::open(&cfg.database())?);
+    let mgr = Manager::new(cfg.clone(), store);
+    let report = mgr.reconcile().await?;
+    for line in &report.lines {
+        eprintln!("vesseld: reconcile: {line}");
+    }
+    let socket = cfg.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| ServerError::Listen {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
+    if let Ok(Some(group)) = nix::unistd::Group::from_name("vessel") {
+        let _ = nix::unistd::chown(&socket, None, Some(group.gid));
+    }
+    let state = AppState {
+        mgr,
+        metrics: Arc::new(Metrics::default()),
+    };
+    ready();
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        tokio::select! {
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+            _ = async { if let Some(i) = int.as_mut() { i.recv().await; } else { std::future::pending::<()>().await } } => {}
+        }
+    };
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(cfg.pid_file());
+    served.map_err(ServerError::Serve)
+}

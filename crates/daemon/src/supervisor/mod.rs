@@ -1,0 +1,185 @@
+//! `vessel-supervisor`: one small synchronous process per running instance, as conmon is for podman and
+//! containerd-shim for containerd. It creates the container with its stdio on pipes (or a terminal) that it
+//! owns, writes the container's output to the instance's log, relays it to attached clients, reaps the
+//! container, records its exit status, and cleans the container up. It outlives vesseld: vesseld watches it
+//! through a pidfd and re-attaches after a restart.
+//!
+//! Start-up: vesseld runs `vessel-supervisor run ...` with stdout on a pipe; the process forks, the parent
+//! exits at once (so vesseld never has to reap the long-lived one), and the child, in its own session,
+//! creates the container and writes one JSON line to that pipe: `{"pid": SUPERVISOR, "init": PID}` or
+//! `{"error": "..."}`. Then it serves its socket until the container exits.
+
+mod exec;
+mod io_loop;
+pub use io_loop::write_atomic;
+pub mod logfile;
+mod terminal;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser, Debug)]
+#[command(name = "vessel-supervisor", about = "vessel's per-instance supervisor (started by vesseld)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the container of a bundle and supervise it until it exits.
+    Run(RunArgs),
+    /// Run a process in a running container with stdio on our own (vesseld relays it).
+    Exec(exec::ExecArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[arg(long = "runtime-root")]
+    pub runtime_root: PathBuf,
+    /// Where clients attach.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Written atomically when the container has exited and been cleaned up.
+    #[arg(long = "exit-file")]
+    pub exit_file: PathBuf,
+    #[arg(long)]
+    pub log: PathBuf,
+    #[arg(long = "log-max-size", default_value_t = 10 << 20)]
+    pub log_max_size: u64,
+    #[arg(long = "log-max-files", default_value_t = 3)]
+    pub log_max_files: u32,
+    #[arg(long)]
+    pub tty: bool,
+    /// Keep the container's stdin open for attached clients.
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+/// What the supervisor writes to `--exit-file`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// 128 + N for a signal N.
+    pub exit_code: i32,
+    pub finished_at: String,
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// The one line of the start-up handshake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("Invalid process to exec: {0}")]
+    BadProcess(String),
+    #[error(transparent)]
+    Container(#[from] vessel_runtime::container::ContainerError),
+    #[error("Cannot {action}: {source}")]
+    Os { action: &'static str, source: nix::Error },
+    #[error("Cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn os(action: &'static str) -> impl FnOnce(nix::Error) -> SupervisorError {
+    move |source| SupervisorError::Os { action, source }
+}
+
+/// The binary's entry point; returns its exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Run(a) => run(a),
+        Command::Exec(a) => exec::run(a),
+    }
+}
+
+fn run(args: RunArgs) -> i32 {
+    // SAFETY: fork in a process that has started no thread; the child continues on a copy of this one.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            report(&Ready {
+                pid: None,
+                init: None,
+                error: Some(format!("Cannot fork the supervisor: {e}")),
+            });
+            1
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => 0,
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = nix::unistd::setsid();
+            match io_loop::Supervisor::start(&args) {
+                Ok(sup) => {
+                    let told = report(&Ready {
+                        pid: Some(std::process::id() as i32),
+                        init: Some(sup.init_pid()),
+                        error: None,
+                    });
+                    if !told {
+                        // vesseld died before it heard of us: nobody will start or record this container.
+                        let rt = vessel_runtime::container::Runtime::new(args.runtime_root.clone(), false);
+                        let _ = vessel_runtime::container::delete(&rt, &args.id, true);
+                        let _ = std::fs::remove_file(&args.socket);
+                        return 1;
+                    }
+                    detach_stdio();
+                    sup.serve()
+                }
+                Err(e) => {
+                    report(&Ready {
+                        pid: None,
+                        init: None,
+                        error: Some(vessel_runtime::logging::one_line(&e)),
+                    });
+                    1
+                }
+            }
+        }
+    }
+}
+
+/// Whether vesseld got the handshake (a write to a pipe nobody reads fails with EPIPE).
+fn report(ready: &Ready) -> bool {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(ready).unwrap_or_default()).is_ok() && out.flush().is_ok()
+}
+
+/// From now on we write nothing to the pipe vesseld reads our handshake on: it must see end-of-file.
+fn detach_stdio() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+/// A pipe with both ends close-on-exec (the container's end is dup'ed onto its stdio, which clears it).
+fn pipe() -> Result<(OwnedFd, OwnedFd), SupervisorError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(os("create a pipe"))
+}
