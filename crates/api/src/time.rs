@@ -48,7 +48,10 @@ mod tests {
 
     #[test]
     fn times_with_fractions_and_offsets() {
-        assert_eq!(parse_rfc3339("1970-01-02T00:00:00Z"), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse_rfc3339("1970-01-02T00:00:00Z"),
+            Some(Duration::from_secs(86_400))
+        );
         assert_eq!(
             parse_rfc3339("2000-03-01T00:00:00.5+01:00"),
             Some(Duration::new(951_865_200, 500_000_000))

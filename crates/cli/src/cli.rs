@@ -15,14 +15,20 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Where images and containers live.
+    /// Where images live (the image commands use this store directly).
     #[arg(long, global = true, default_value = "/var/lib/vessel")]
     pub root: PathBuf,
-    /// The container runtime's state directory.
-    #[arg(long = "runtime-root", global = true, default_value = "/run/vessel/runtime")]
-    pub runtime_root: PathBuf,
-    /// Output: table (human) or json, for every command.
-    #[arg(long, global = true, default_value = "table", value_parser = ["table", "json"])]
+    /// The vesseld to talk to: a unix socket path or unix://PATH.
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        env = "VESSEL_HOST",
+        default_value = "unix:///run/vessel/vessel.sock"
+    )]
+    pub host: String,
+    /// Output: table (human), json, or a template such as '{{.Name}} {{.Status}}' (ps, images, inspect).
+    #[arg(long, global = true, default_value = "table")]
     pub format: String,
 }
 
@@ -32,61 +38,254 @@ impl Global {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Remove the container (and its writable layer) when it exits.
+/// How an instance is made: `run` and `create`.
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Instance name (default: a generated one).
     #[arg(long)]
-    pub rm: bool,
-    /// Keep stdin open (the container's stdin is ours either way).
+    pub name: Option<String>,
+    /// Keep stdin open.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Give the container a terminal.
+    /// Give the process a terminal.
     #[arg(short, long)]
     pub tty: bool,
-    /// Set environment variables (KEY=VALUE).
+    /// Set environment variables (KEY=VALUE, or KEY to pass ours).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Labels (KEY=VALUE).
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
+    /// Restart policy: no, always, unless-stopped, on-failure[:N].
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// Remove the instance when it exits.
+    #[arg(long)]
+    pub rm: bool,
     /// Memory limit, e.g. 64m or 1g.
     #[arg(short, long)]
     pub memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited swap).
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
     /// CPU limit as a number of CPUs, e.g. 0.5.
     #[arg(long)]
     pub cpus: Option<f64>,
-    /// Maximum number of processes.
-    #[arg(long = "pids-limit")]
+    /// Relative CPU weight (2..262144; 1024 is the default share).
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+    /// CPUs the instance may use, e.g. 0-1.
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Maximum number of processes (-1: unlimited).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
+    /// Block I/O weight (10..1000).
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
     /// User (name or uid) and optional group: USER[:GROUP].
     #[arg(short, long)]
     pub user: Option<String>,
-    /// Container name (default: a random id).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Working directory inside the container.
+    /// Working directory inside the instance.
     #[arg(short, long)]
     pub workdir: Option<String>,
-    /// Override the image's entrypoint.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Override the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// Mount the root filesystem read-only.
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Process limits: NAME=SOFT[:HARD], e.g. nofile=1024:2048.
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// A tmpfs mount: PATH[:OPTIONS].
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// Signal that stop sends first (default SIGTERM).
+    #[arg(long = "stop-signal")]
+    pub stop_signal: Option<String>,
+    /// Seconds stop waits before SIGKILL.
+    #[arg(long = "stop-timeout")]
+    pub stop_timeout: Option<u32>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the instance's id.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub create: CreateArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    pub instance: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines (or all).
+    #[arg(short = 'n', long)]
+    pub tail: Option<String>,
+    /// Only lines since a time (RFC 3339) or a duration ago (10m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show each line's time.
+    #[arg(short, long)]
+    pub timestamps: bool,
+    pub instance: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    #[arg(long)]
+    pub restart: Option<String>,
+    #[arg(required = true)]
+    pub instances: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a command in a new container from an image, in the foreground.
+    /// Create and start an instance from an image (in the foreground unless -d).
     Run(RunArgs),
-    /// List containers.
-    Ps {
+    /// Create an instance without starting it.
+    Create(CreateArgs),
+    /// Start instances.
+    Start {
+        /// Attach to its output and wait for it (one instance).
         #[arg(short, long)]
-        all: bool,
+        attach: bool,
+        #[arg(required = true)]
+        instances: Vec<String>,
     },
-    /// Remove containers.
+    /// Stop instances: their stop signal, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long)]
+        time: Option<u32>,
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Stop and start instances.
+    Restart {
+        #[arg(short, long)]
+        time: Option<u32>,
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Send a signal to instances (default SIGKILL).
+    Kill {
+        #[arg(short, long)]
+        signal: Option<String>,
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Freeze every process of instances.
+    Pause {
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Thaw paused instances.
+    Unpause {
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Remove instances.
     Rm {
+        /// Also running ones (killed first).
         #[arg(short, long)]
         force: bool,
         #[arg(required = true)]
-        ids: Vec<String>,
+        instances: Vec<String>,
+    },
+    /// List instances.
+    Ps {
+        /// Also those not running.
+        #[arg(short, long)]
+        all: bool,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// label=KEY[=VALUE], status=S, name=N, id=PREFIX, kind=K (repeatable; all must match).
+        #[arg(short, long)]
+        filter: Vec<String>,
+    },
+    /// Show instances as JSON (or through --format).
+    Inspect {
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Run a command in a running instance.
+    Exec(ExecArgs),
+    /// An instance's output.
+    Logs(LogsArgs),
+    /// Resource use of running instances.
+    Stats {
+        /// One sample, then exit.
+        #[arg(long = "no-stream")]
+        no_stream: bool,
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// An instance's processes.
+    Top { instance: String },
+    /// Wait for instances to stop; print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Rename an instance.
+    Rename { instance: String, name: String },
+    /// Change limits or the restart policy of instances, live.
+    Update(UpdateArgs),
+    /// Lifecycle events as they happen.
+    Events,
+    /// The daemon.
+    Info,
+    /// Versions of this client and of the daemon.
+    Version,
+    /// Run vesseld in the foreground (arguments go to vesseld).
+    Daemon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Pull an image from a registry.
     Pull {

@@ -48,7 +48,7 @@ pub fn list(g: &Global) -> Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            crate::output::out(serde_json::to_string_pretty(&v)?);
         }
         "table" => {
             let rows: Vec<Vec<String>> = images
@@ -83,7 +83,7 @@ pub fn inspect(g: &Global, names: &[String]) -> Result<()> {
             "Created": image.created, "Size": image.size, "Manifest": manifest, "Config": config,
         }));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::output::out(serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 

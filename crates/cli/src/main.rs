@@ -1,11 +1,13 @@
-//! `vessel`: the user's command line. Today: images (pull, push, import, save/load, tag, inspect, rm, prune)
-//! and `vessel run` of a container from an image; microVMs and the daemon come later.
+//! `vessel`: the user's command line. Instances go through vesseld's API (unix socket); the image commands
+//! use the image store directly.
 
 mod cli;
-mod containers;
+mod client;
+mod format;
 mod images;
+mod instances;
 mod output;
-mod run;
+mod session;
 
 use std::process::ExitCode;
 
@@ -21,8 +23,8 @@ fn main() -> ExitCode {
         Err(e) => {
             return match logging::clap_outcome(&e) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(line) => {
-                    eprintln!("vessel: {line}");
+                Err(usage) => {
+                    eprint!("{}", usage.text);
                     ExitCode::from(2)
                 }
             };
@@ -39,10 +41,40 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<u8> {
     let g = cli.global;
+    let client = || client::Client::new(&g.host);
     match cli.command {
-        Command::Run(a) => return run::run(&g, a),
-        Command::Ps { all } => containers::ps(&g, all)?,
-        Command::Rm { force, ids } => containers::rm(&g, force, &ids)?,
+        Command::Run(a) => return instances::run(&g, &client()?, a.detach, &a.create),
+        Command::Create(a) => {
+            let inst = instances::create(&client()?, &a)?;
+            output::out(&inst.id);
+        }
+        Command::Start { attach, instances: n } => return instances::start(&client()?, attach, &n),
+        Command::Stop { time, instances: n } => return instances::simple(&client()?, "stop", time, None, &n),
+        Command::Restart { time, instances: n } => {
+            return instances::simple(&client()?, "restart", time, None, &n)
+        }
+        Command::Kill { signal, instances: n } => {
+            return instances::simple(&client()?, "kill", None, signal, &n)
+        }
+        Command::Pause { instances: n } => return instances::simple(&client()?, "pause", None, None, &n),
+        Command::Unpause { instances: n } => return instances::simple(&client()?, "resume", None, None, &n),
+        Command::Rm { force, instances: n } => return instances::rm(&client()?, force, &n),
+        Command::Ps { all, quiet, filter } => return instances::ps(&g, &client()?, all, quiet, &filter),
+        Command::Inspect { instances: n } => return instances::inspect(&g, &client()?, &n),
+        Command::Exec(a) => return instances::exec(&client()?, &a),
+        Command::Logs(a) => return instances::logs(&client()?, &a),
+        Command::Stats {
+            no_stream,
+            instances: n,
+        } => return instances::stats(&g, &client()?, no_stream, &n),
+        Command::Top { instance } => return instances::top(&client()?, &instance),
+        Command::Wait { instances: n } => return instances::wait(&client()?, &n),
+        Command::Rename { instance, name } => return instances::rename(&client()?, &instance, &name),
+        Command::Update(a) => return instances::update(&client()?, &a),
+        Command::Events => return instances::events(&g, &client()?),
+        Command::Info => return instances::info(&g, &client()?),
+        Command::Version => return instances::version(&g, &client()?),
+        Command::Daemon { args } => return daemon(&args),
         Command::Pull { reference, registry } => images::pull(&g, &reference, &registry)?,
         Command::Push {
             image,
@@ -64,4 +96,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `vessel daemon ARGS`: exec vesseld (beside this binary, else on PATH) with ARGS.
+fn daemon(args: &[String]) -> Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("vesseld")))
+        .filter(|p| p.exists());
+    let exe = beside.unwrap_or_else(|| "vesseld".into());
+    let err = std::process::Command::new(&exe).args(args).exec();
+    Err(anyhow::anyhow!("Cannot run {}: {err}", exe.display()))
 }

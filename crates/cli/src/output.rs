@@ -1,4 +1,5 @@
-//! Human output: sizes, ages and aligned tables.
+//! Human output: sizes, ages and aligned tables; every line goes through [`out`], which ends the process
+//! quietly when stdout is a closed pipe (`vessel ps | head -1`, `vessel images | grep -q x`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,15 @@ pub fn human_size(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.3} {}", UNITS[u]).replace(".000 ", " ")
+    }
+}
+
+/// Print one line to stdout; a closed pipe ends the process with status 0 and no message.
+pub fn out(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if writeln!(o, "{line}").and_then(|_| o.flush()).is_err() {
+        std::process::exit(0);
     }
 }
 
@@ -73,7 +83,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", parts.join("   ").trim_end());
+        out(parts.join("   ").trim_end());
     };
     line(header.to_vec());
     for r in rows {
@@ -84,11 +94,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 /// A command's result: the text for people, or the JSON with `--format json`.
 pub fn emit(g: &crate::cli::Global, text: impl std::fmt::Display, json: serde_json::Value) {
     if g.json() {
-        println!("{json}");
+        out(json);
     } else {
         let text = text.to_string();
         if !text.is_empty() {
-            println!("{text}");
+            out(text);
         }
     }
 }

@@ -42,7 +42,9 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
         }
     };
     let socket = cfg.socket();
-    match rt.block_on(server::run(cfg, || eprintln!("vesseld: serving on {}", socket.display()))) {
+    match rt.block_on(server::run(cfg, || {
+        eprintln!("vesseld: serving on {}", socket.display())
+    })) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vesseld: {}", vessel_runtime::logging::one_line(&e));

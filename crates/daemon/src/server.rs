@@ -36,7 +36,12 @@ pub struct RootLock {
 }
 
 pub fn lock_root(cfg: &DaemonConfig) -> Result<RootLock, ServerError> {
-    for d in [&cfg.root, &cfg.run_dir, &cfg.instances_dir(), &cfg.supervisors_dir()] {
+    for d in [
+        &cfg.root,
+        &cfg.run_dir,
+        &cfg.instances_dir(),
+        &cfg.supervisors_dir(),
+    ] {
         std::fs::create_dir_all(d).map_err(|source| ServerError::Dir {
             path: d.display().to_string(),
             source,

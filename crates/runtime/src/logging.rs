@@ -57,9 +57,25 @@ pub fn error(msg: &str) {
     write("error", msg, true);
 }
 
-/// After a failed parse: `Ok(())` when clap printed help or the version (exit 0), else `Err(line)`, the one
-/// line to print for a usage error (clap's first line, without its "error: " prefix and usage block).
-pub fn clap_outcome(e: &clap::Error) -> Result<(), String> {
+/// Record an error in the log file only (when there is one): for messages printed to stderr otherwise.
+pub fn error_to_log_file(msg: &str) {
+    if let Some((file, format)) = CONFIG.get().and_then(|c| c.file.as_ref().map(|f| (f, c.format))) {
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(file) {
+            let _ = writeln!(f, "{}", record("error", msg, format));
+        }
+    }
+}
+
+/// A usage error as clap reports it: its first line (for logs) and its whole message (for people: the
+/// error, the usage and where help is).
+#[derive(Debug, Clone)]
+pub struct UsageError {
+    pub line: String,
+    pub text: String,
+}
+
+/// After a failed parse: `Ok(())` when clap printed help or the version (exit 0), else the usage error.
+pub fn clap_outcome(e: &clap::Error) -> Result<(), UsageError> {
     use clap::error::ErrorKind;
     if matches!(
         e.kind(),
@@ -71,12 +87,13 @@ pub fn clap_outcome(e: &clap::Error) -> Result<(), String> {
         return Ok(());
     }
     let text = e.to_string();
-    Err(text
+    let line = text
         .lines()
         .next()
         .unwrap_or("invalid arguments")
         .trim_start_matches("error: ")
-        .to_string())
+        .to_string();
+    Err(UsageError { line, text })
 }
 
 /// An error and its causes on one line, without repeating a cause the message already names (our error

@@ -70,7 +70,11 @@ pub enum Filter {
 impl Filter {
     fn matches(&self, i: &Instance) -> bool {
         match self {
-            Filter::Label(k, v) => i.config.labels.get(k).is_some_and(|x| v.as_ref().is_none_or(|v| v == x)),
+            Filter::Label(k, v) => i
+                .config
+                .labels
+                .get(k)
+                .is_some_and(|x| v.as_ref().is_none_or(|v| v == x)),
             Filter::Status(s) => i.state.status.as_str() == s,
             Filter::Name(n) => i.name.contains(n.as_str()),
             Filter::Id(p) => i.id.starts_with(p.as_str()),

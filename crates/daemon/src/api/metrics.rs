@@ -13,11 +13,22 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
+/// A request's method, route and status.
+type RequestKey = (String, String, u16);
+
 #[derive(Default)]
 pub struct Metrics {
-    /// (method, route, status) → (count, total seconds).
-    requests: Mutex<BTreeMap<(String, String, u16), (u64, f64)>>,
+    /// Count and total seconds per method, route and status.
+    requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
 }
+
+/// One per-instance series: name, help, type, and its value in a sample.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&vessel_api::Stats) -> f64,
+);
 
 pub async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
@@ -61,7 +72,12 @@ pub async fn render(State(st): State<AppState>) -> Response {
     let gauge = |out: &mut String, name: &str, help: &str, kind: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    gauge(&mut out, "vessel_instance_up", "1 when the instance runs (or is paused).", "gauge");
+    gauge(
+        &mut out,
+        "vessel_instance_up",
+        "1 when the instance runs (or is paused).",
+        "gauge",
+    );
     for (i, _) in &instances {
         let _ = writeln!(
             out,
@@ -72,7 +88,12 @@ pub async fn render(State(st): State<AppState>) -> Response {
             u8::from(i.state.status.is_active())
         );
     }
-    gauge(&mut out, "vessel_instance_restarts_total", "Restarts made by the restart policy.", "counter");
+    gauge(
+        &mut out,
+        "vessel_instance_restarts_total",
+        "Restarts made by the restart policy.",
+        "counter",
+    );
     for (i, _) in &instances {
         let _ = writeln!(
             out,
@@ -82,28 +103,77 @@ pub async fn render(State(st): State<AppState>) -> Response {
             i.state.restart_count
         );
     }
-    let series: [(&str, &str, &str, fn(&vessel_api::Stats) -> f64); 6] = [
-        ("vessel_instance_cpu_seconds_total", "CPU time used.", "counter", |s| s.cpu_usage_ns as f64 / 1e9),
-        ("vessel_instance_memory_bytes", "Memory in use.", "gauge", |s| s.memory_usage as f64),
-        ("vessel_instance_memory_limit_bytes", "Memory limit.", "gauge", |s| s.memory_limit as f64),
-        ("vessel_instance_pids", "Processes and threads.", "gauge", |s| s.pids as f64),
-        ("vessel_instance_block_read_bytes_total", "Bytes read from block devices.", "counter", |s| s.block_read as f64),
-        ("vessel_instance_block_write_bytes_total", "Bytes written to block devices.", "counter", |s| s.block_write as f64),
+    let series: [Series; 6] = [
+        (
+            "vessel_instance_cpu_seconds_total",
+            "CPU time used.",
+            "counter",
+            |s| s.cpu_usage_ns as f64 / 1e9,
+        ),
+        ("vessel_instance_memory_bytes", "Memory in use.", "gauge", |s| {
+            s.memory_usage as f64
+        }),
+        (
+            "vessel_instance_memory_limit_bytes",
+            "Memory limit.",
+            "gauge",
+            |s| s.memory_limit as f64,
+        ),
+        ("vessel_instance_pids", "Processes and threads.", "gauge", |s| {
+            s.pids as f64
+        }),
+        (
+            "vessel_instance_block_read_bytes_total",
+            "Bytes read from block devices.",
+            "counter",
+            |s| s.block_read as f64,
+        ),
+        (
+            "vessel_instance_block_write_bytes_total",
+            "Bytes written to block devices.",
+            "counter",
+            |s| s.block_write as f64,
+        ),
     ];
     for (name, help, kind, value) in series {
         gauge(&mut out, name, help, kind);
         for (i, s) in &instances {
             if let Some(s) = s {
-                let _ = writeln!(out, "{name}{{id=\"{}\",name=\"{}\"}} {}", i.id, label(&i.name), value(s));
+                let _ = writeln!(
+                    out,
+                    "{name}{{id=\"{}\",name=\"{}\"}} {}",
+                    i.id,
+                    label(&i.name),
+                    value(s)
+                );
             }
         }
     }
-    gauge(&mut out, "vesseld_requests_total", "API requests by route and status.", "counter");
-    let reqs = st.metrics.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    gauge(
+        &mut out,
+        "vesseld_requests_total",
+        "API requests by route and status.",
+        "counter",
+    );
+    let reqs = st
+        .metrics
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for ((m, r, s), (n, _)) in &reqs {
-        let _ = writeln!(out, "vesseld_requests_total{{method=\"{m}\",route=\"{}\",status=\"{s}\"}} {n}", label(r));
+        let _ = writeln!(
+            out,
+            "vesseld_requests_total{{method=\"{m}\",route=\"{}\",status=\"{s}\"}} {n}",
+            label(r)
+        );
     }
-    gauge(&mut out, "vesseld_request_duration_seconds_sum", "Time spent answering, by route.", "counter");
+    gauge(
+        &mut out,
+        "vesseld_request_duration_seconds_sum",
+        "Time spent answering, by route.",
+        "counter",
+    );
     for ((m, r, s), (_, t)) in &reqs {
         let _ = writeln!(
             out,

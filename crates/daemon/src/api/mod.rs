@@ -102,6 +102,9 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/events", get(streams::events))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "No such API endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .with_state(state)
 }

@@ -48,7 +48,11 @@ fn switching() -> Response {
 
 /// `POST /1.0/instances/NAME/attach`: the instance's output (and input) from now on, or from its next
 /// start when it is not running; ends with an exit frame.
-pub async fn attach(State(st): State<AppState>, Path(name): Path<String>, mut req: Request) -> ApiResult<Response> {
+pub async fn attach(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
     wants_upgrade(&req)?;
     let target = st.mgr.attach(&name)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -60,7 +64,9 @@ pub async fn attach(State(st): State<AppState>, Path(name): Path<String>, mut re
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut supervisor).await;
             }
             Ok(Err(msg)) => {
-                let _ = client.write_all(&frames::encode(FrameKind::Error, msg.as_bytes())).await;
+                let _ = client
+                    .write_all(&frames::encode(FrameKind::Error, msg.as_bytes()))
+                    .await;
             }
             Err(_) => {
                 let _ = client
@@ -74,14 +80,18 @@ pub async fn attach(State(st): State<AppState>, Path(name): Path<String>, mut re
 }
 
 /// `POST /1.0/instances/NAME/exec` with an [`ExecConfig`] body: the process's streams, then its exit frame.
-pub async fn exec(State(st): State<AppState>, Path(name): Path<String>, mut req: Request) -> ApiResult<Response> {
+pub async fn exec(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
     wants_upgrade(&req)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .map_err(|e| ApiError::bad_request(format!("Cannot read the request body: {e}")))?;
-    let config: ExecConfig =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
+    let config: ExecConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
     let mut session = st.mgr.exec(&name, config).await?;
     tokio::spawn(async move {
         let (Some(stdin), Some(stdout)) = (session.child.stdin.take(), session.child.stdout.take()) else {
@@ -102,8 +112,10 @@ pub async fn exec(State(st): State<AppState>, Path(name): Path<String>, mut req:
 fn json_lines(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Response {
     let stream = ReceiverStream::new(rx, |b: Vec<u8>| Ok::<_, Infallible>(Bytes::from(b)));
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     resp
 }
 
@@ -132,14 +144,20 @@ fn parse_since(s: &str) -> ApiResult<Duration> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("Invalid since {s:?}: use a time (RFC 3339) or a duration like 10m")))?;
+    let n: u64 = num.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "Invalid since {s:?}: use a time (RFC 3339) or a duration like 10m"
+        ))
+    })?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(ApiError::bad_request(format!("Invalid since {s:?}: the unit must be s, m or h"))),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid since {s:?}: the unit must be s, m or h"
+            )))
+        }
     };
     Ok(now.saturating_sub(Duration::from_secs(secs)))
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "vesseld", version, about = "vesseld: keeps vessel's instances and serves its API")]
+#[command(
+    name = "vesseld",
+    version,
+    about = "vesseld: keeps vessel's instances and serves its API"
+)]
 struct Args {
     /// Persistent state: the store, images and instances.
     #[arg(long, default_value = "/var/lib/vessel")]
@@ -33,7 +37,11 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     vessel_daemon::run_daemon(vessel_daemon::DaemonArgs {

@@ -66,7 +66,10 @@ pub fn validate(c: &InstanceConfig) -> Result<(), BundleError> {
     }
     for u in &c.ulimits {
         if rlimit_name(&u.name).is_none() || u.soft > u.hard {
-            return Err(BundleError::BadUlimit(format!("{}={}:{}", u.name, u.soft, u.hard)));
+            return Err(BundleError::BadUlimit(format!(
+                "{}={}:{}",
+                u.name, u.soft, u.hard
+            )));
         }
     }
     for t in &c.tmpfs {
@@ -113,7 +116,9 @@ pub fn validate_limits(l: &Limits) -> Result<(), BundleError> {
     }
     if let Some(p) = l.pids {
         if p == 0 || p < -1 {
-            return Err(BundleError::BadLimit(format!("pids {p}: use a positive number or -1")));
+            return Err(BundleError::BadLimit(format!(
+                "pids {p}: use a positive number or -1"
+            )));
         }
     }
     if let Some(w) = l.blkio_weight {
@@ -147,8 +152,22 @@ fn cap_name(s: &str) -> String {
 
 fn rlimit_name(name: &str) -> Option<String> {
     const KNOWN: &[&str] = &[
-        "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
-        "rss", "rtprio", "rttime", "sigpending", "stack",
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
     ];
     let n = name.to_ascii_lowercase();
     KNOWN
@@ -235,7 +254,11 @@ pub fn runtime_config(
     for kv in &c.env {
         set(kv);
     }
-    let user = c.user.clone().or_else(|| ic.user().clone()).filter(|u| !u.is_empty());
+    let user = c
+        .user
+        .clone()
+        .or_else(|| ic.user().clone())
+        .filter(|u| !u.is_empty());
     let (uid, gid) = match &user {
         Some(u) => resolve_user(u, rootfs)?,
         None => (0, 0),
@@ -280,7 +303,8 @@ pub fn runtime_config(
             let (dest, opts) = t.split_once(':').unwrap_or((t.as_str(), ""));
             let mut options = vec!["nosuid", "nodev", "noexec"];
             options.extend(opts.split(',').filter(|o| !o.is_empty()));
-            mounts.push(json!({ "destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options }));
+            mounts
+                .push(json!({ "destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options }));
         }
     }
     let linux = &mut spec["linux"];

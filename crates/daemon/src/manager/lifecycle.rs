@@ -140,12 +140,7 @@ impl Manager {
             Some(s) => container::parse_signal(s).map_err(|e| ManagerError::Invalid(e.to_string()))?,
             None => Signal::SIGTERM,
         };
-        let grace = Duration::from_secs(
-            timeout
-                .or(r.instance.config.stop_timeout)
-                .unwrap_or(10)
-                .into(),
-        );
+        let grace = Duration::from_secs(timeout.or(r.instance.config.stop_timeout).unwrap_or(10).into());
         let mut exits = live.exit_watch();
         exits.borrow_and_update();
         self.signal(&r, first, false).await?;
@@ -205,7 +200,9 @@ impl Manager {
         {
             Ok(()) => Ok(()),
             // It exited meanwhile: its supervisor records that.
-            Err(container::ContainerError::WrongStatus { .. }) | Err(container::ContainerError::State(_)) => Ok(()),
+            Err(container::ContainerError::WrongStatus { .. }) | Err(container::ContainerError::State(_)) => {
+                Ok(())
+            }
             Err(e) => Err(ManagerError::Internal(vessel_runtime::logging::one_line(&e))),
         }
     }

@@ -163,7 +163,10 @@ impl Manager {
                 if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
                     Ok(())
                 } else {
-                    Err(ManagerError::Invalid(format!("Invalid image reference {:?}: {e}", config.image)))
+                    Err(ManagerError::Invalid(format!(
+                        "Invalid image reference {:?}: {e}",
+                        config.image
+                    )))
                 }
             })?;
         let (image_name, image_id) = {
@@ -207,9 +210,9 @@ impl Manager {
                 supervisor: None,
             })
             .map_err(|e| match e {
-                StoreError::NameTaken(n) => ManagerError::Conflict(format!(
-                    "The name {n:?} is already in use by another instance"
-                )),
+                StoreError::NameTaken(n) => {
+                    ManagerError::Conflict(format!("The name {n:?} is already in use by another instance"))
+                }
                 e => e.into(),
             })?;
         let prepared = {
@@ -269,10 +272,10 @@ impl Manager {
     /// Unmount the instance's root filesystem, keeping its changes.
     fn unmount(&self, id: &str) {
         let rootfs = self.cfg.instance_dir(id).join("rootfs");
-        if Snapshot::at(&self.cfg.instance_dir(id)).is_mounted() {
-            if nix::mount::umount2(&rootfs, nix::mount::MntFlags::empty()).is_err() {
-                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-            }
+        if Snapshot::at(&self.cfg.instance_dir(id)).is_mounted()
+            && nix::mount::umount2(&rootfs, nix::mount::MntFlags::empty()).is_err()
+        {
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 
@@ -288,14 +291,18 @@ impl Manager {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ManagerError::Internal(format!("Cannot remove {}: {e}", dir.display()))),
+            Err(e) => Err(ManagerError::Internal(format!(
+                "Cannot remove {}: {e}",
+                dir.display()
+            ))),
         }
     }
 
     /// The instance's cgroup, if something left it (its processes killed first).
     fn remove_cgroup(&self, id: &str) {
         let path = self.cfg.cgroup_path(id);
-        if let Ok(cg) = vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&path)), id, false) {
+        if let Ok(cg) = vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&path)), id, false)
+        {
             for pid in cg.pids().unwrap_or_default() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -303,7 +310,7 @@ impl Manager {
                 );
             }
             for _ in 0..50 {
-                if cg.destroy().is_ok() {
+                if cg.dirs().iter().all(|d| !d.path.exists()) || cg.destroy().is_ok() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -423,5 +430,13 @@ fn merge_limits(into: &mut vessel_api::Limits, from: &vessel_api::Limits) {
     macro_rules! take {
         ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f.clone(); } )* };
     }
-    take!(memory, memory_swap, cpus, cpu_shares, cpuset_cpus, pids, blkio_weight);
+    take!(
+        memory,
+        memory_swap,
+        cpus,
+        cpu_shares,
+        cpuset_cpus,
+        pids,
+        blkio_weight
+    );
 }

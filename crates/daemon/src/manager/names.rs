@@ -14,8 +14,8 @@ pub fn random_id() -> Result<String, ManagerError> {
 }
 
 const ADJECTIVES: &[&str] = &[
-    "amber", "brisk", "calm", "deft", "eager", "fleet", "gentle", "hardy", "keen", "lucid", "mellow", "nimble",
-    "quiet", "rapid", "steady", "tidy", "vivid", "wry",
+    "amber", "brisk", "calm", "deft", "eager", "fleet", "gentle", "hardy", "keen", "lucid", "mellow",
+    "nimble", "quiet", "rapid", "steady", "tidy", "vivid", "wry",
 ];
 const NOUNS: &[&str] = &[
     "anchor", "brig", "cutter", "dory", "ferry", "galley", "hull", "keel", "ketch", "mast", "punt", "raft",

@@ -37,31 +37,44 @@ impl Manager {
                     report.lines.push(format!(
                         "{}: removed (it was being {} when vesseld stopped)",
                         inst.name,
-                        if inst.state.status == Status::Creating { "created" } else { "deleted" }
+                        if inst.state.status == Status::Creating {
+                            "created"
+                        } else {
+                            "deleted"
+                        }
                     ));
                     continue;
                 }
                 Status::Running | Status::Paused | Status::Starting => {
-                    let alive = r.supervisor.as_ref().is_some_and(supervisor_alive);
-                    if alive && inst.state.status != Status::Starting {
-                        self.watch_supervisor(id.clone(), r.supervisor.unwrap_or(crate::store::SupervisorRef { pid: 0, start_time: 0 }));
+                    let live_supervisor = r.supervisor.filter(supervisor_alive);
+                    if let (Some(sup), false) = (live_supervisor, inst.state.status == Status::Starting) {
+                        self.watch_supervisor(id.clone(), sup);
                         known.insert(id);
                         continue;
                     }
-                    if alive {
+                    if let Some(sup) = live_supervisor {
                         // A start that never finished: its container was created but not started.
                         let rt = self.runtime();
                         let id2 = id.clone();
-                        let _ = tokio::task::spawn_blocking(move || vessel_runtime::container::delete(&rt, &id2, true)).await;
-                        self.watch_supervisor(id.clone(), r.supervisor.unwrap_or(crate::store::SupervisorRef { pid: 0, start_time: 0 }));
-                        report.lines.push(format!("{}: its start was interrupted; stopped", inst.name));
+                        let _ = tokio::task::spawn_blocking(move || {
+                            vessel_runtime::container::delete(&rt, &id2, true)
+                        })
+                        .await;
+                        self.watch_supervisor(id.clone(), sup);
+                        report
+                            .lines
+                            .push(format!("{}: its start was interrupted; stopped", inst.name));
                         known.insert(id);
                         continue;
                     }
                     report.lines.push(format!(
                         "{}: its supervisor is gone; recorded as exited{}",
                         inst.name,
-                        if self.cfg.exit_file(&id).exists() { "" } else { " with an unknown status" }
+                        if self.cfg.exit_file(&id).exists() {
+                            ""
+                        } else {
+                            " with an unknown status"
+                        }
                     ));
                     self.on_exit(&id, true).await?;
                     known.insert(id);
@@ -80,7 +93,10 @@ impl Manager {
                     .await
                     .map_err(|e| ManagerError::Internal(e.to_string()))?;
                     if had_container {
-                        report.lines.push(format!("{}: removed a container it should not have had", inst.name));
+                        report.lines.push(format!(
+                            "{}: removed a container it should not have had",
+                            inst.name
+                        ));
                     }
                     known.insert(id);
                 }
@@ -112,14 +128,16 @@ impl Manager {
                 }
             }
         }
-        for name in dir_names(&self.cfg.supervisors_dir()) {
+        for name in entries(&self.cfg.supervisors_dir(), |t| !t.is_dir()) {
             let id = name.split('.').next().unwrap_or("");
             if !known.contains(id) {
                 let _ = std::fs::remove_file(self.cfg.supervisors_dir().join(&name));
             }
         }
         let parent = self.cfg.cgroup_parent();
-        if let Ok(cg) = vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&parent)), "parent", false) {
+        if let Ok(cg) =
+            vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&parent)), "parent", false)
+        {
             let mut seen = HashSet::new();
             for d in cg.dirs() {
                 for id in dir_names(&d.path) {
@@ -134,24 +152,18 @@ impl Manager {
     }
 }
 
+/// Names of the subdirectories of `dir` (none when it does not exist).
 fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    entries(dir, |t| t.is_dir())
+}
+
+fn entries(dir: &std::path::Path, keep: impl Fn(&std::fs::FileType) -> bool) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || t.is_socket_like()))
+                .filter(|e| e.file_type().is_ok_and(|t| keep(&t)))
                 .filter_map(|e| e.file_name().into_string().ok())
                 .collect()
         })
         .unwrap_or_default()
-}
-
-trait SocketLike {
-    fn is_socket_like(&self) -> bool;
-}
-
-impl SocketLike for std::fs::FileType {
-    fn is_socket_like(&self) -> bool {
-        use std::os::unix::fs::FileTypeExt;
-        self.is_socket() || self.is_file()
-    }
 }

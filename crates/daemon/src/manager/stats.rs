@@ -48,7 +48,11 @@ impl Manager {
                 cpu_usage_ns: n(&raw["cpu"]["usage"]["total"]),
                 cpu_percent: 0.0,
                 memory_usage: n(&raw["memory"]["usage"]["usage"]),
-                memory_limit: if limit == 0 || limit > host_mem { host_mem } else { limit },
+                memory_limit: if limit == 0 || limit > host_mem {
+                    host_mem
+                } else {
+                    limit
+                },
                 pids: n(&raw["pids"]["current"]),
                 pids_limit: Some(n(&raw["pids"]["limit"])).filter(|l| *l > 0),
                 block_read: blk("read"),

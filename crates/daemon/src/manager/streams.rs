@@ -30,7 +30,10 @@ pub struct LogQuery {
 
 impl Manager {
     /// A connection to the instance's supervisor: at once when it runs, else when it is next started.
-    pub fn attach(&self, name_or_id: &str) -> Result<oneshot::Receiver<Result<UnixStream, String>>, ManagerError> {
+    pub fn attach(
+        &self,
+        name_or_id: &str,
+    ) -> Result<oneshot::Receiver<Result<UnixStream, String>>, ManagerError> {
         let r = self.find(name_or_id)?;
         let (tx, rx) = oneshot::channel();
         match r.instance.state.status {
@@ -104,7 +107,7 @@ impl Manager {
             return Err(ManagerError::Invalid("exec needs a command".into()));
         }
         for kv in &ec.env {
-            if !kv.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
                 return Err(ManagerError::Invalid(format!(
                     "Invalid environment variable {kv:?}: use KEY=VALUE with a non-empty KEY"
                 )));
@@ -114,7 +117,9 @@ impl Manager {
         let spec: Value = std::fs::read(dir.join("config.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| ManagerError::Internal(format!("Cannot read the config of {}", r.instance.name)))?;
+            .ok_or_else(|| {
+                ManagerError::Internal(format!("Cannot read the config of {}", r.instance.name))
+            })?;
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(ec.command);
         process["terminal"] = serde_json::json!(ec.tty);
@@ -145,13 +150,19 @@ impl Manager {
             .stderr(Stdio::null())
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| ManagerError::Internal(format!("Cannot run {}: {e}", self.cfg.supervisor.display())))?;
+            .map_err(|e| {
+                ManagerError::Internal(format!("Cannot run {}: {e}", self.cfg.supervisor.display()))
+            })?;
         Ok(ExecSession { child })
     }
 
     /// The instance's log records, as JSON lines, on a channel (ended when done, or when the instance
     /// stops while followed).
-    pub fn logs(self: &Arc<Self>, name_or_id: &str, q: LogQuery) -> Result<mpsc::Receiver<Vec<u8>>, ManagerError> {
+    pub fn logs(
+        self: &Arc<Self>,
+        name_or_id: &str,
+        q: LogQuery,
+    ) -> Result<mpsc::Receiver<Vec<u8>>, ManagerError> {
         let r = self.find(name_or_id)?;
         let (tx, rx) = mpsc::channel(64);
         let mgr = self.clone();
@@ -172,7 +183,12 @@ impl Manager {
         let mut lines: Vec<String> = Vec::new();
         for f in log_files(&path, self.cfg.log_max_files) {
             if let Ok(file) = std::fs::File::open(&f) {
-                lines.extend(std::io::BufReader::new(file).lines().map_while(Result::ok).filter(|l| keep(l)));
+                lines.extend(
+                    std::io::BufReader::new(file)
+                        .lines()
+                        .map_while(Result::ok)
+                        .filter(|l| keep(l)),
+                );
             }
         }
         if let Some(n) = q.tail {

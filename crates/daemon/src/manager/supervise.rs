@@ -15,14 +15,20 @@ impl Manager {
     pub(super) fn spawn_supervisor(&self, inst: &Instance) -> Result<(SupervisorRef, i32), ManagerError> {
         let cfg = &self.cfg;
         let dir = cfg.instance_dir(&inst.id);
-        std::fs::create_dir_all(cfg.supervisors_dir())
-            .map_err(|e| ManagerError::Internal(format!("Cannot create {}: {e}", cfg.supervisors_dir().display())))?;
+        std::fs::create_dir_all(cfg.supervisors_dir()).map_err(|e| {
+            ManagerError::Internal(format!("Cannot create {}: {e}", cfg.supervisors_dir().display()))
+        })?;
         let _ = std::fs::remove_file(cfg.exit_file(&inst.id));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("supervisor.log"))
-            .map_err(|e| ManagerError::Internal(format!("Cannot open {}: {e}", dir.join("supervisor.log").display())))?;
+            .map_err(|e| {
+                ManagerError::Internal(format!(
+                    "Cannot open {}: {e}",
+                    dir.join("supervisor.log").display()
+                ))
+            })?;
         let mut cmd = Command::new(&cfg.supervisor);
         cmd.arg("run")
             .arg("--id")
@@ -53,12 +59,19 @@ impl Manager {
             cmd.pre_exec(|| {
                 // Our tokio threads block nothing, but a supervisor must start with a clean mask.
                 let empty = nix::sys::signal::SigSet::empty();
-                let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None);
+                let _ = nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&empty),
+                    None,
+                );
                 Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            ManagerError::Internal(format!("Cannot run the supervisor {}: {e}", cfg.supervisor.display()))
+            ManagerError::Internal(format!(
+                "Cannot run the supervisor {}: {e}",
+                cfg.supervisor.display()
+            ))
         })?;
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
@@ -77,7 +90,9 @@ impl Manager {
             return Err(ManagerError::Invalid(format!("Cannot start {}: {e}", inst.name)));
         }
         let (Some(pid), Some(init)) = (ready.pid, ready.init) else {
-            return Err(ManagerError::Internal("The supervisor's handshake names no pid".into()));
+            return Err(ManagerError::Internal(
+                "The supervisor's handshake names no pid".into(),
+            ));
         };
         let start_time = vessel_runtime::state::live_start_time(pid).unwrap_or(0);
         Ok((SupervisorRef { pid, start_time }, init))

@@ -149,7 +149,9 @@ impl Manager {
             Err(e) => return Err(e.into()),
         };
         // Only if nobody started, stopped or deleted it meanwhile.
-        if r.instance.state.status != Status::Exited || !self.should_restart(&r.instance, false) && !boot_policy(&r.instance) {
+        if r.instance.state.status != Status::Exited
+            || !self.should_restart(&r.instance, false) && !boot_policy(&r.instance)
+        {
             return Ok(());
         }
         self.start_locked(&r.instance, true).await.map(|_| ())

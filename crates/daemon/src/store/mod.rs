@@ -26,10 +26,7 @@ pub struct Record {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("Cannot open the store {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: rusqlite::Error },
     #[error("The store {path} has schema version {found}, newer than this vesseld knows ({known}): upgrade vesseld")]
     TooNew { path: String, found: i64, known: i64 },
     #[error("The name {0:?} is already in use")]

@@ -25,10 +25,13 @@ impl SqliteStore {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
         // WAL with synchronous=FULL: a committed transaction survives power loss, not only a crash.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         match schema::migrate(&mut conn) {
             Ok(_) => {}
             Err(MigrateError::TooNew(found)) => {

@@ -4,12 +4,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vessel_api::frames::{self, FrameKind};
 use vessel_runtime::container::{self, ExecOptions, Runtime};
 
@@ -48,7 +47,8 @@ fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block().map_err(os("block SIGCHLD"))?;
-    let signals = SignalFd::new(&mask).map_err(os("create a signalfd"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(os("create a signalfd"))?;
     let rt = Runtime::new(args.runtime_root.clone(), false);
     let scratch = std::env::temp_dir().join(format!("vessel-exec-{}", std::process::id()));
     let pid_file = scratch.with_extension("pid");
@@ -77,7 +77,7 @@ fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
                 out: Some(File::from(out_r)),
                 err: Some(File::from(err_r)),
             },
-            Some(File::from(OwnedFd::from(in_w))),
+            Some(File::from(in_w)),
         )
     };
     let pid = std::fs::read_to_string(&pid_file)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use vessel_api::frames::{self, Decoder, FrameKind};
@@ -86,7 +86,8 @@ impl Supervisor {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         mask.thread_block().map_err(os("block SIGCHLD"))?;
-        let signals = SignalFd::new(&mask).map_err(os("create a signalfd"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(os("create a signalfd"))?;
 
         let rt = Runtime::new(args.runtime_root.clone(), false);
         let mut opts = CreateOptions {
@@ -228,7 +229,10 @@ impl Supervisor {
             finished_at: vessel_runtime::clock::now_rfc3339(),
             oom_killed,
         };
-        if let Err(e) = write_atomic(&self.args.exit_file, &serde_json::to_vec(&record).unwrap_or_default()) {
+        if let Err(e) = write_atomic(
+            &self.args.exit_file,
+            &serde_json::to_vec(&record).unwrap_or_default(),
+        ) {
             eprintln!("vessel-supervisor: {}: {e}", self.args.exit_file.display());
         }
         let exit = frames::encode_exit(exit_code);
@@ -263,8 +267,14 @@ impl Supervisor {
                 listener.map_or(sig_fd, |l| l.as_fd()),
                 if listener.is_some() { input } else { none },
             ),
-            PollFd::new(a.map_or(sig_fd, |f| f.as_fd()), if a.is_some() { input } else { none }),
-            PollFd::new(b.map_or(sig_fd, |f| f.as_fd()), if b.is_some() { input } else { none }),
+            PollFd::new(
+                a.map_or(sig_fd, |f| f.as_fd()),
+                if a.is_some() { input } else { none },
+            ),
+            PollFd::new(
+                b.map_or(sig_fd, |f| f.as_fd()),
+                if b.is_some() { input } else { none },
+            ),
         ];
         for c in &self.clients {
             fds.push(PollFd::new(c.reader.as_fd(), input));
@@ -335,7 +345,11 @@ impl Supervisor {
                 if let Some(log) = self.log.as_mut() {
                     log.write(stderr, &buf[..n]);
                 }
-                let kind = if stderr { FrameKind::Stderr } else { FrameKind::Stdout };
+                let kind = if stderr {
+                    FrameKind::Stderr
+                } else {
+                    FrameKind::Stdout
+                };
                 let frame = frames::encode(kind, &buf[..n]);
                 self.clients.retain_mut(|c| c.writer.write_all(&frame).is_ok());
             }
@@ -401,9 +415,12 @@ impl Supervisor {
                 })
             })
         };
-        read_key(format!("/sys/fs/cgroup/memory/{path}/memory.oom_control"), "oom_kill")
-            .or_else(|| read_key(format!("/sys/fs/cgroup/{path}/memory.events"), "oom_kill"))
-            .unwrap_or(0)
+        read_key(
+            format!("/sys/fs/cgroup/memory/{path}/memory.oom_control"),
+            "oom_kill",
+        )
+        .or_else(|| read_key(format!("/sys/fs/cgroup/{path}/memory.events"), "oom_kill"))
+        .unwrap_or(0)
     }
 }
 

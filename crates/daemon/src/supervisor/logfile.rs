@@ -110,11 +110,7 @@ impl LogWriter {
             }
             let _ = std::fs::rename(&self.path, rotated(&self.path, 1));
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .ok();
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
         self.size = 0;
     }
 }

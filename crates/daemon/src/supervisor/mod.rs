@@ -24,7 +24,10 @@ use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
-#[command(name = "vessel-supervisor", about = "vessel's per-instance supervisor (started by vesseld)")]
+#[command(
+    name = "vessel-supervisor",
+    about = "vessel's per-instance supervisor (started by vesseld)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,7 +96,10 @@ pub enum SupervisorError {
     #[error(transparent)]
     Container(#[from] vessel_runtime::container::ContainerError),
     #[error("Cannot {action}: {source}")]
-    Os { action: &'static str, source: nix::Error },
+    Os {
+        action: &'static str,
+        source: nix::Error,
+    },
     #[error("Cannot {action} {path}: {source}")]
     Io {
         action: &'static str,

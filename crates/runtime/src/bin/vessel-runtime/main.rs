@@ -19,14 +19,16 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let line = match logging::clap_outcome(&e) {
+            let usage = match logging::clap_outcome(&e) {
                 Ok(()) => return ExitCode::SUCCESS,
-                Err(line) => line,
+                Err(u) => u,
             };
-            // Logged like any other error, so the --log file is found by hand (clap could not parse it).
+            // Logged like any other error, so the --log file is found by hand (clap could not parse it);
+            // people get clap's whole message.
             let (file, format) = log_flags_from_argv();
             logging::init(file, format);
-            logging::error(&line);
+            logging::error_to_log_file(&usage.line);
+            eprint!("{}", usage.text);
             return ExitCode::from(1);
         }
     };
