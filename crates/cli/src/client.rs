@@ -18,7 +18,17 @@ const STREAM_PROTOCOL: &str = "vessel-stream";
 
 pub struct Client {
     socket: PathBuf,
-    pub rt: tokio::runtime::Runtime,
+    /// Always set; an Option only so that drop can shut it down without waiting.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A session's stdin reader may still block in read(2) on our terminal: do not wait for it.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A failed request: the daemon's one-line message, and its status.
@@ -44,7 +54,14 @@ impl Client {
             .enable_all()
             .build()
             .context("Cannot start the async runtime")?;
-        Ok(Client { socket, rt })
+        Ok(Client { socket, rt: Some(rt) })
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => unreachable!("the runtime lives as long as the client"),
+        }
     }
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
@@ -81,7 +98,7 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T> {
-        self.rt.block_on(self.call_async(method, path, body))
+        self.block_on(self.call_async(method, path, body))
     }
 
     pub async fn call_async<T: DeserializeOwned>(
@@ -104,7 +121,7 @@ impl Client {
 
     /// A request whose answer is JSON lines: `each` gets every line until it returns false or the stream ends.
     pub fn lines(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<bool>) -> Result<()> {
-        self.rt.block_on(async {
+        self.block_on(async {
             let mut sender = self.connect().await?;
             let resp = sender.send_request(Self::build(Method::GET, path, None)?).await?;
             let status = resp.status();

@@ -149,10 +149,16 @@ pub fn run(g: &Global, c: &Client, detach: bool, a: &CreateArgs) -> Result<u8> {
 }
 
 fn attach_and_start(c: &Client, inst: &Instance, start: bool) -> Result<u8> {
-    let code = c.rt.block_on(async {
+    let code = c.block_on(async {
         // Attach first: vesseld connects this session to the supervisor before the process runs, so no
         // output is lost.
-        let conn = c.upgrade(&path(&inst.id, "/attach"), None).await?;
+        let size = match crate::session::window_size() {
+            Some((r, c)) if inst.config.tty => format!("?rows={r}&cols={c}"),
+            _ => String::new(),
+        };
+        let conn = c
+            .upgrade(&path(&inst.id, &format!("/attach{size}")), None)
+            .await?;
         if start {
             let change = StateChange {
                 action: "start".into(),
@@ -165,10 +171,9 @@ fn attach_and_start(c: &Client, inst: &Instance, start: bool) -> Result<u8> {
         }
         crate::session::relay(conn, inst.config.stdin, inst.config.tty).await
     });
-    let code = match code? {
-        Some(code) => Some(code),
-        None => wait_one(c, &inst.id).unwrap_or(None),
-    };
+    // The exit as vesseld recorded it (the frame can come before the record): what `ps` shows next.
+    let from_frame = code?;
+    let code = wait_one(c, &inst.id).ok().flatten().or(from_frame);
     Ok(code.map_or(125, |c| c.clamp(0, 255) as u8))
 }
 
@@ -345,7 +350,7 @@ pub fn exec(c: &Client, a: &ExecArgs) -> Result<u8> {
         tty: a.tty,
         stdin: a.interactive,
     };
-    let code = c.rt.block_on(async {
+    let code = c.block_on(async {
         let conn = c
             .upgrade(&path(&a.instance, "/exec"), Some(serde_json::to_vec(&body)?))
             .await?;

@@ -33,7 +33,8 @@ impl Drop for RawMode {
     }
 }
 
-fn window_size() -> Option<(u16, u16)> {
+/// Our terminal's size (rows, columns), when stdin is a terminal.
+pub fn window_size() -> Option<(u16, u16)> {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,

@@ -48,13 +48,26 @@ fn switching() -> Response {
 
 /// `POST /1.0/instances/NAME/attach`: the instance's output (and input) from now on, or from its next
 /// start when it is not running; ends with an exit frame.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachQuery {
+    /// The client's terminal size, set on the instance's terminal before its process starts.
+    #[serde(default)]
+    rows: Option<u16>,
+    #[serde(default)]
+    cols: Option<u16>,
+}
+
 pub async fn attach(
     State(st): State<AppState>,
     Path(name): Path<String>,
+    q: Result<Query<AttachQuery>, axum::extract::rejection::QueryRejection>,
     mut req: Request,
 ) -> ApiResult<Response> {
     wants_upgrade(&req)?;
-    let target = st.mgr.attach(&name)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let size = q.rows.zip(q.cols).filter(|(r, c)| *r > 0 && *c > 0);
+    let target = st.mgr.attach(&name, size)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };

@@ -37,6 +37,8 @@ struct Live {
     exits: Mutex<Option<tokio_watch::Sender<u64>>>,
     /// Clients attached before the instance started: each gets a connection to the supervisor at start.
     pending_attaches: Mutex<Vec<oneshot::Sender<Result<tokio::net::UnixStream, String>>>>,
+    /// The terminal size a pending attach asked for (rows, columns), for the next start.
+    pending_size: Mutex<Option<(u16, u16)>>,
     /// The restart policy's back-off step (reset after a run of 10 s or more).
     backoff: Mutex<u32>,
 }

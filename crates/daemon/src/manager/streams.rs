@@ -30,9 +30,12 @@ pub struct LogQuery {
 
 impl Manager {
     /// A connection to the instance's supervisor: at once when it runs, else when it is next started.
+    /// `size` (rows, columns) is the client's terminal: an instance started for this client gets it from the
+    /// first moment.
     pub fn attach(
         &self,
         name_or_id: &str,
+        size: Option<(u16, u16)>,
     ) -> Result<oneshot::Receiver<Result<UnixStream, String>>, ManagerError> {
         let r = self.find(name_or_id)?;
         let (tx, rx) = oneshot::channel();
@@ -48,8 +51,11 @@ impl Manager {
                 });
             }
             Status::Created | Status::Exited | Status::Starting => {
-                self.live(&r.instance.id)
-                    .pending_attaches
+                let live = self.live(&r.instance.id);
+                if size.is_some() {
+                    *live.pending_size.lock().unwrap_or_else(|p| p.into_inner()) = size;
+                }
+                live.pending_attaches
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(tx);

@@ -49,6 +49,15 @@ impl Manager {
             .arg(cfg.log_max_files.to_string());
         if inst.config.tty {
             cmd.arg("--tty");
+            let size = self
+                .live(&inst.id)
+                .pending_size
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some((rows, cols)) = size {
+                cmd.arg("--tty-size").arg(format!("{rows}x{cols}"));
+            }
         }
         if inst.config.stdin {
             cmd.arg("--stdin");

@@ -99,6 +99,7 @@ fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
         log_max_size: 0,
         log_max_files: 0,
         tty: false,
+        tty_size: None,
         stdin: true,
     };
     Supervisor::for_exec(pid, output, stdin, signals, run_args)

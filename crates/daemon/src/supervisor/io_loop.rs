@@ -106,6 +106,14 @@ impl Supervisor {
                     return Err(e);
                 }
             };
+            if let Some((rows, cols)) = args
+                .tty_size
+                .as_deref()
+                .and_then(|s| s.split_once('x'))
+                .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+            {
+                terminal::set_size(master.as_raw_fd(), rows, cols);
+            }
             let stdin = master.try_clone().ok();
             (Output::Terminal { master: Some(master) }, stdin, record)
         } else {

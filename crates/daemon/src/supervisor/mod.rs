@@ -63,6 +63,9 @@ pub struct RunArgs {
     pub log_max_files: u32,
     #[arg(long)]
     pub tty: bool,
+    /// The terminal's first size, ROWSxCOLS, set before the container's process starts.
+    #[arg(long = "tty-size")]
+    pub tty_size: Option<String>,
     /// Keep the container's stdin open for attached clients.
     #[arg(long)]
     pub stdin: bool,
