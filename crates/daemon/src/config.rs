@@ -74,6 +74,10 @@ impl DaemonConfig {
         self.supervisors_dir().join(format!("{id}.sock"))
     }
 
+    pub fn supervisor_pid_file(&self, id: &str) -> PathBuf {
+        self.supervisors_dir().join(format!("{id}.pid"))
+    }
+
     pub fn exit_file(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("exit.json")
     }

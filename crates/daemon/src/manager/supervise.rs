@@ -39,6 +39,8 @@ impl Manager {
             .arg(cfg.runtime_root())
             .arg("--socket")
             .arg(cfg.attach_socket(&inst.id))
+            .arg("--pid-file")
+            .arg(cfg.supervisor_pid_file(&inst.id))
             .arg("--exit-file")
             .arg(cfg.exit_file(&inst.id))
             .arg("--log")
@@ -105,6 +107,41 @@ impl Manager {
         };
         let start_time = vessel_runtime::state::live_start_time(pid).unwrap_or(0);
         Ok((SupervisorRef { pid, start_time }, init))
+    }
+}
+
+impl Manager {
+    /// A supervisor of `id` that no record names (vesseld died between starting it and recording it): killed,
+    /// and waited for, so that it cannot clean up a later container of the same instance.
+    pub(super) fn kill_unrecorded_supervisor(&self, id: &str) {
+        let pid_file = self.cfg.supervisor_pid_file(id);
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let ours = || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let text = String::from_utf8_lossy(&c);
+                    text.contains("vessel-supervisor") && text.contains(id)
+                })
+                .unwrap_or(false)
+        };
+        if ours() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            for _ in 0..200 {
+                // Gone, or a zombie of someone else's: either way it runs no more code.
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if state.is_empty() || state.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_file(pid_file);
     }
 }
 

@@ -69,6 +69,7 @@ impl Manager {
         let id2 = id.to_string();
         // A supervisor killed with SIGKILL leaves its container: remove it now.
         tokio::task::spawn_blocking(move || {
+            mgr.kill_unrecorded_supervisor(&id2);
             let _ = vessel_runtime::container::delete(&mgr.runtime(), &id2, true);
             mgr.remove_cgroup(&id2);
             let _ = std::fs::remove_file(mgr.cfg.attach_socket(&id2));

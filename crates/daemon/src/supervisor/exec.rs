@@ -94,6 +94,7 @@ fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
         bundle: PathBuf::new(),
         runtime_root: args.runtime_root.clone(),
         socket: PathBuf::new(),
+        pid_file: None,
         exit_file: PathBuf::new(),
         log: PathBuf::new(),
         log_max_size: 0,

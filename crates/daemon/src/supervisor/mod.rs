@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// Where clients attach.
     #[arg(long)]
     pub socket: PathBuf,
+    /// Holds our pid from our first moment to our exit, so a vesseld that died before it recorded us can
+    /// still find us.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
     /// Written atomically when the container has exited and been cleaned up.
     #[arg(long = "exit-file")]
     pub exit_file: PathBuf,
@@ -144,32 +148,43 @@ fn run(args: RunArgs) -> i32 {
         Ok(nix::unistd::ForkResult::Parent { .. }) => 0,
         Ok(nix::unistd::ForkResult::Child) => {
             let _ = nix::unistd::setsid();
-            match io_loop::Supervisor::start(&args) {
-                Ok(sup) => {
-                    let told = report(&Ready {
-                        pid: Some(std::process::id() as i32),
-                        init: Some(sup.init_pid()),
-                        error: None,
-                    });
-                    if !told {
-                        // vesseld died before it heard of us: nobody will start or record this container.
-                        let rt = vessel_runtime::container::Runtime::new(args.runtime_root.clone(), false);
-                        let _ = vessel_runtime::container::delete(&rt, &args.id, true);
-                        let _ = std::fs::remove_file(&args.socket);
-                        return 1;
-                    }
-                    detach_stdio();
-                    sup.serve()
-                }
-                Err(e) => {
-                    report(&Ready {
-                        pid: None,
-                        init: None,
-                        error: Some(vessel_runtime::logging::one_line(&e)),
-                    });
-                    1
-                }
+            if let Some(p) = &args.pid_file {
+                let _ = std::fs::write(p, std::process::id().to_string());
             }
+            let code = supervise(&args);
+            if let Some(p) = &args.pid_file {
+                let _ = std::fs::remove_file(p);
+            }
+            code
+        }
+    }
+}
+
+fn supervise(args: &RunArgs) -> i32 {
+    match io_loop::Supervisor::start(args) {
+        Ok(sup) => {
+            let told = report(&Ready {
+                pid: Some(std::process::id() as i32),
+                init: Some(sup.init_pid()),
+                error: None,
+            });
+            if !told {
+                // vesseld died before it heard of us: nobody will start or record this container.
+                let rt = vessel_runtime::container::Runtime::new(args.runtime_root.clone(), false);
+                let _ = vessel_runtime::container::delete(&rt, &args.id, true);
+                let _ = std::fs::remove_file(&args.socket);
+                return 1;
+            }
+            detach_stdio();
+            sup.serve()
+        }
+        Err(e) => {
+            report(&Ready {
+                pid: None,
+                init: None,
+                error: Some(vessel_runtime::logging::one_line(&e)),
+            });
+            1
         }
     }
 }
