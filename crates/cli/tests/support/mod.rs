@@ -191,30 +191,7 @@ impl Daemon {
 
     /// One HTTP request on the API socket: (status, body). Status 0 when the daemon does not answer.
     pub fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let Ok(mut s) = UnixStream::connect(self.socket()) else {
-            return (0, String::new());
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: vesseld\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return (0, String::new());
-        }
-        let mut resp = Vec::new();
-        let _ = s.read_to_end(&mut resp);
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, dechunk(&body, &text))
+        api(&self.socket(), method, path, body)
     }
 
     pub fn json(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
@@ -333,6 +310,34 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(&self.base);
         }
     }
+}
+
+/// One HTTP request on a vesseld socket: (status, body). Status 0 when nothing answers.
+pub fn api(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: vesseld\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, dechunk(&body, &text))
 }
 
 /// A body sent with `Transfer-Encoding: chunked`, joined.
