@@ -364,3 +364,35 @@ conformance!(
         assert_nothing_left(rt, &b, "after a rejected config");
     }
 );
+
+// vessel only (runc's `start` returns before its init execs): once `start` returns, the container's
+// process is its program, not the runtime's init, so a signal sent at once reaches the program.
+#[test]
+fn start_returns_once_the_program_runs() {
+    let rt = Runtime::vessel();
+    // A seccomp filter of many argument rules widens the window between the init's byte on the exec fifo
+    // and its execve (the filter is loaded in it), so a `start` that returned at the byte is seen.
+    let rules: Vec<serde_json::Value> = (0..400)
+        .map(|n| {
+            serde_json::json!({ "names": ["getpriority"], "action": "SCMP_ACT_ERRNO",
+            "args": [{ "index": 0, "value": 1000 + n, "op": "SCMP_CMP_EQ" }] })
+        })
+        .collect();
+    for _ in 0..20 {
+        let mut b = Bundle::new();
+        b.args(&["sleep", "30"]);
+        b.config_mut()["linux"]["seccomp"] =
+            serde_json::json!({ "defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules });
+        b.write_config();
+        let c = rt.create_container(&b);
+        let pid = c.state()["pid"].as_i64().unwrap_or(0);
+        c.start().assert_ok("start");
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        assert!(
+            exe.ends_with("/bin/busybox") || exe.ends_with("/bin/sleep"),
+            "right after start, pid {pid} runs {exe:?}, not the container's program"
+        );
+    }
+}

@@ -218,7 +218,9 @@ fn continue_as_init(ctx: &InitContext) -> Result<Stage, String> {
     start
         .write_all(b"0")
         .map_err(|e| report_late(&format!("Cannot write the exec fifo: {e}")))?;
-    drop(start);
+    // Our end stays open (it is close-on-exec) until the execve of the container's program: `start` waits
+    // for its end-of-file, so a signal sent once `start` returned reaches the program, not this init.
+    std::mem::forget(start);
     Ok(Stage::Started(Box::new(finisher), running_state))
 }
 

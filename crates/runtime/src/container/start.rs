@@ -12,6 +12,32 @@ use super::{ContainerError, Runtime};
 use crate::hooks;
 use crate::state::Status;
 
+/// After the init's byte: until its end of the fifo closes, which happens at the execve of the container's
+/// program (the descriptor is close-on-exec) or when the init dies.
+fn wait_for_exec(
+    fifo: &mut std::fs::File,
+    record: &crate::state::ContainerRecord,
+) -> Result<(), ContainerError> {
+    let mut byte = [0u8; 1];
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(ContainerError::os("wait for the container's program")(e)),
+        }
+        match fifo.read(&mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Ok(()),
+        }
+        if !record.init_alive() {
+            return Ok(());
+        }
+    }
+}
+
 pub fn start(rt: &Runtime, id: &str) -> Result<(), ContainerError> {
     let sd = rt.open(id, true)?;
     let record = sd.load()?;
@@ -60,6 +86,7 @@ pub fn start(rt: &Runtime, id: &str) -> Result<(), ContainerError> {
             )));
         }
     }
+    wait_for_exec(&mut fifo, &record)?;
     let _ = std::fs::remove_file(&fifo_path);
     if let Some(h) = record.spec.hooks() {
         let state = record.state_json(Status::Running).to_string();
