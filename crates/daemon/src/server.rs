@@ -81,15 +81,10 @@ pub async fn run(cfg: DaemonConfig, ready: impl FnOnce()) -> Result<(), ServerEr
         eprintln!("vesseld: reconcile: {line}");
     }
     let socket = cfg.socket();
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| ServerError::Listen {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
-    if let Ok(Some(group)) = nix::unistd::Group::from_name("vessel") {
-        let _ = nix::unistd::chown(&socket, None, Some(group.gid));
-    }
+    let (listener, ours) = match activated_listener() {
+        Some(l) => (l, false),
+        None => (bind(&socket)?, true),
+    };
     let state = AppState {
         mgr,
         metrics: Arc::new(Metrics::default()),
@@ -106,7 +101,50 @@ pub async fn run(cfg: DaemonConfig, ready: impl FnOnce()) -> Result<(), ServerEr
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    let _ = std::fs::remove_file(&socket);
+    if ours {
+        let _ = std::fs::remove_file(&socket);
+    }
     let _ = std::fs::remove_file(cfg.pid_file());
+    remove_cgroup_parent(&cfg);
     served.map_err(ServerError::Serve)
+}
+
+/// Our own socket: mode 0660, group `vessel` when that group exists.
+fn bind(socket: &std::path::Path) -> Result<tokio::net::UnixListener, ServerError> {
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).map_err(|source| ServerError::Listen {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
+    if let Ok(Some(group)) = nix::unistd::Group::from_name("vessel") {
+        let _ = nix::unistd::chown(socket, None, Some(group.gid));
+    }
+    Ok(listener)
+}
+
+/// The socket systemd made for us (socket activation: LISTEN_PID is us, LISTEN_FDS = 1, fd 3).
+fn activated_listener() -> Option<tokio::net::UnixListener> {
+    let for_us = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let count = std::env::var("LISTEN_FDS").ok()?.parse::<i32>().ok()?;
+    if !for_us || count != 1 {
+        return None;
+    }
+    // SAFETY: by the socket-activation protocol fd 3 is a listening socket handed to us alone.
+    let std_listener =
+        unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    std_listener.set_nonblocking(true).ok()?;
+    tokio::net::UnixListener::from_std(std_listener).ok()
+}
+
+/// The parent of our instances' cgroups, when no instance is left in it (rmdir fails otherwise).
+fn remove_cgroup_parent(cfg: &DaemonConfig) {
+    let parent = cfg.cgroup_parent();
+    if let Ok(cg) =
+        vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&parent)), "parent", false)
+    {
+        for d in cg.dirs() {
+            let _ = std::fs::remove_dir(&d.path);
+        }
+    }
 }
