@@ -158,12 +158,10 @@ fn supervisor_pid(d: &Daemon, name: &str) -> i32 {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let text = String::from_utf8_lossy(&cmd);
-        if text.starts_with(
-            &*std::path::Path::new(env!("CARGO_BIN_EXE_vessel"))
-                .with_file_name("vessel-supervisor")
-                .to_string_lossy(),
-        ) && text.contains(&id)
-            && text.contains("\0run\0")
+        let argv0 = text.split('\0').next().unwrap_or("");
+        if argv0.ends_with("vessel-supervisor")
+            && text.contains(&id)
+            && (text.contains("\0run\0") || text.contains("\0serve\0"))
         {
             return e.file_name().to_string_lossy().parse().unwrap();
         }

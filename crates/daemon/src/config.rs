@@ -20,6 +20,11 @@ pub struct DaemonConfig {
     pub log_max_files: u32,
 }
 
+/// The part of an instance id that names its files in the supervisors' directory.
+pub fn short_id(id: &str) -> &str {
+    &id[..16.min(id.len())]
+}
+
 impl DaemonConfig {
     pub fn new(root: PathBuf, run_dir: PathBuf, name: String) -> DaemonConfig {
         let supervisor = std::env::current_exe()
@@ -69,13 +74,14 @@ impl DaemonConfig {
         self.run_dir.join("sup")
     }
 
-    /// A running instance's attach socket (short: a unix socket path has 108 bytes).
+    /// A running instance's attach socket. Named by the id's first 16 hex digits (64 bits, unique in
+    /// practice): a unix socket path has at most 107 bytes, and run directories can be long.
     pub fn attach_socket(&self, id: &str) -> PathBuf {
-        self.supervisors_dir().join(format!("{id}.sock"))
+        self.supervisors_dir().join(format!("{}.sock", short_id(id)))
     }
 
     pub fn supervisor_pid_file(&self, id: &str) -> PathBuf {
-        self.supervisors_dir().join(format!("{id}.pid"))
+        self.supervisors_dir().join(format!("{}.pid", short_id(id)))
     }
 
     pub fn exit_file(&self, id: &str) -> PathBuf {

@@ -129,8 +129,8 @@ impl Manager {
             }
         }
         for name in entries(&self.cfg.supervisors_dir(), |t| !t.is_dir()) {
-            let id = name.split('.').next().unwrap_or("");
-            if !known.contains(id) {
+            let short = name.split('.').next().unwrap_or("");
+            if !known.iter().any(|id| crate::config::short_id(id) == short) {
                 let _ = std::fs::remove_file(self.cfg.supervisors_dir().join(&name));
             }
         }

@@ -23,6 +23,8 @@ use super::{os, pipe, terminal, ExitRecord, RunArgs, SupervisorError};
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 /// A client that cannot take a frame for this long is dropped rather than stall the container.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads of the container's output and of clients' frames.
+const READ_BUF: usize = 16 * 1024;
 
 /// The container's output side: two pipes, or one terminal.
 pub(super) enum Output {
@@ -69,6 +71,8 @@ pub struct Supervisor {
     /// The instance's log (none for exec: its output goes only to its client).
     log: Option<LogWriter>,
     signals: SignalFd,
+    /// One read buffer for everything, on the heap: a supervisor's stack stays a few pages.
+    buf: Vec<u8>,
 }
 
 impl Supervisor {
@@ -153,6 +157,10 @@ impl Supervisor {
             }
         };
         let _ = listener.set_nonblocking(true);
+        // Set-up (the bundle's config, the runtime's work) grew the heap; give the freed part back, as this
+        // process lives as long as its container.
+        // SAFETY: malloc_trim only returns free memory to the kernel.
+        unsafe { libc::malloc_trim(0) };
         Ok(Supervisor {
             role: Role::Instance,
             args: args.clone(),
@@ -163,6 +171,7 @@ impl Supervisor {
             clients: Vec::new(),
             log: Some(log),
             signals,
+            buf: vec![0u8; READ_BUF],
         })
     }
 
@@ -195,6 +204,7 @@ impl Supervisor {
             }],
             log: None,
             signals,
+            buf: vec![0u8; READ_BUF],
         })
     }
 
@@ -202,12 +212,106 @@ impl Supervisor {
         self.init
     }
 
+    /// Replace this process by `vessel-supervisor serve`, handing over our descriptors by number (they stay
+    /// open across execve; the blocked SIGCHLD and any pending one stay too). Returns self only when the
+    /// execve failed.
+    pub fn exec_serve(self) -> Supervisor {
+        let fd = |f: Option<&File>| f.map_or(-1, |f| f.as_raw_fd());
+        let (out, err, master) = match &self.output {
+            Output::Pipes { out, err } => (fd(out.as_ref()), fd(err.as_ref()), -1),
+            Output::Terminal { master } => (-1, -1, fd(master.as_ref())),
+        };
+        let fds = [
+            out,
+            err,
+            master,
+            fd(self.stdin.as_ref()),
+            self.listener.as_ref().map_or(-1, |l| l.as_raw_fd()),
+        ];
+        for n in fds.iter().filter(|n| **n >= 0) {
+            let _ = nix::fcntl::fcntl(*n, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+        }
+        let serve = super::ServeArgs {
+            run: self.args.clone(),
+            init: self.init,
+            fds,
+        };
+        let cargs: Vec<std::ffi::CString> = [
+            "vessel-supervisor".to_string(),
+            "serve".into(),
+            serde_json::to_string(&serve).unwrap_or_default(),
+        ]
+        .into_iter()
+        .filter_map(|s| std::ffi::CString::new(s).ok())
+        .collect();
+        // nix's execv, not std's Command: that one would reset the signal mask and lose a pending SIGCHLD.
+        let _ = nix::unistd::execv(c"/proc/self/exe", &cargs);
+        for n in fds.iter().filter(|n| **n >= 0) {
+            let _ = nix::fcntl::fcntl(*n, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        }
+        self
+    }
+
+    /// The supervisor `exec_serve` handed over.
+    pub fn from_fds(a: &super::ServeArgs) -> Result<Supervisor, SupervisorError> {
+        let args = a.run.clone();
+        let take = |n: i32| -> Option<File> {
+            // SAFETY: the descriptors were handed to us by number across execve; nothing else owns them.
+            (n >= 0).then(|| unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(n) })
+        };
+        for n in a.fds.iter().filter(|n| **n >= 0) {
+            let _ = nix::fcntl::fcntl(*n, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        }
+        let output = if args.tty {
+            Output::Terminal {
+                master: take(a.fds[2]),
+            }
+        } else {
+            Output::Pipes {
+                out: take(a.fds[0]),
+                err: take(a.fds[1]),
+            }
+        };
+        let stdin = take(a.fds[3]);
+        let listener = take(a.fds[4]).map(|f| UnixListener::from(OwnedFd::from(f)));
+        // SAFETY: prctl with integer arguments only (kept across execve; set again to be sure).
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block().map_err(os("block SIGCHLD"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(os("create a signalfd"))?;
+        let log = LogWriter::open(&args.log, args.log_max_size, args.log_max_files).map_err(|source| {
+            SupervisorError::Io {
+                action: "open the log",
+                path: args.log.clone(),
+                source,
+            }
+        })?;
+        Ok(Supervisor {
+            role: Role::Instance,
+            init: a.init,
+            args,
+            output,
+            stdin,
+            listener,
+            clients: Vec::new(),
+            log: Some(log),
+            signals,
+            buf: vec![0u8; READ_BUF],
+        })
+    }
+
     /// Serve until the container exits; returns our exit status.
     pub fn serve(mut self) -> i32 {
-        let exit_code = loop {
-            if let Some(code) = self.poll_once(PollTimeout::NONE) {
-                break code;
-            }
+        // The init may have exited before we were watching (across the execve): reap first.
+        let exit_code = match self.reap() {
+            Some(code) => code,
+            None => loop {
+                if let Some(code) = self.poll_once(PollTimeout::NONE) {
+                    break code;
+                }
+            },
         };
         let deadline = Instant::now() + DRAIN_LIMIT;
         while self.output_open() && Instant::now() < deadline {
@@ -296,21 +400,23 @@ impl Supervisor {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        if ready[2] {
-            self.read_output(false);
-        }
-        if ready[3] {
-            self.read_output(true);
-        }
+        // Clients' frames first, while their indexes still match `ready`.
         for i in (0..self.clients.len()).rev() {
             if ready[4 + i] && !self.read_client(i) {
                 self.clients.remove(i);
             }
         }
+        // Then new clients: one that connected before the container started must get all its output.
         if ready[1] {
             while let Some(Ok((stream, _))) = self.listener.as_ref().map(|l| l.accept()) {
                 self.clients.extend(Client::from_stream(stream));
             }
+        }
+        if ready[2] {
+            self.read_output(false);
+        }
+        if ready[3] {
+            self.read_output(true);
         }
         if ready[0] {
             while let Ok(Some(_)) = self.signals.read_signal() {}
@@ -334,7 +440,12 @@ impl Supervisor {
     }
 
     fn read_output(&mut self, second: bool) {
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        self.read_output_into(second, &mut buf);
+        self.buf = buf;
+    }
+
+    fn read_output_into(&mut self, second: bool, buf: &mut [u8]) {
         let (file, stderr) = match &mut self.output {
             Output::Pipes { out, err } => {
                 if second {
@@ -346,7 +457,7 @@ impl Supervisor {
             Output::Terminal { master } => (master, false),
         };
         let Some(f) = file.as_mut() else { return };
-        match f.read(&mut buf) {
+        match f.read(buf) {
             // EIO on a terminal: every slave end is closed.
             Ok(0) | Err(_) => *file = None,
             Ok(n) => {
@@ -366,12 +477,12 @@ impl Supervisor {
 
     /// Frames from a client; false when it is gone.
     fn read_client(&mut self, i: usize) -> bool {
-        let mut buf = [0u8; 16 * 1024];
-        let n = match self.clients[i].reader.read(&mut buf) {
+        let n = match self.clients[i].reader.read(&mut self.buf) {
             Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
-        self.clients[i].decoder.push(&buf[..n]);
+        let Supervisor { clients, buf, .. } = self;
+        clients[i].decoder.push(&buf[..n]);
         loop {
             match self.clients[i].decoder.next_frame() {
                 Ok(Some((FrameKind::Stdin, data))) => {

@@ -41,7 +41,19 @@ enum Command {
     Exec(exec::ExecArgs),
 }
 
-#[derive(Args, Debug, Clone)]
+/// `vessel-supervisor serve JSON` (internal, not through clap): the long-lived part of `run`, in a freshly
+/// exec'd process that holds the container's streams by descriptor number, so that none of the set-up's
+/// memory (parsing, the runtime's work) stays with it for the container's life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeArgs {
+    pub run: RunArgs,
+    /// The container's init.
+    pub init: i32,
+    /// Descriptors: stdout, stderr, terminal master, stdin writer, attach listener (-1: none).
+    pub fds: [i32; 5],
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct RunArgs {
     #[arg(long)]
     pub id: String,
@@ -121,6 +133,10 @@ fn os(action: &'static str) -> impl FnOnce(nix::Error) -> SupervisorError {
 
 /// The binary's entry point; returns its exit status.
 pub fn main() -> i32 {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 3 && argv[1] == "serve" {
+        return serve(&argv[2]);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -132,6 +148,27 @@ pub fn main() -> i32 {
         Command::Run(a) => run(a),
         Command::Exec(a) => exec::run(a),
     }
+}
+
+fn serve(json: &std::ffi::OsStr) -> i32 {
+    let a: ServeArgs = match serde_json::from_slice(std::os::unix::ffi::OsStrExt::as_bytes(json)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vessel-supervisor: invalid serve arguments: {e}");
+            return 2;
+        }
+    };
+    let code = match io_loop::Supervisor::from_fds(&a) {
+        Ok(sup) => sup.serve(),
+        Err(e) => {
+            eprintln!("vessel-supervisor: {}", vessel_runtime::logging::one_line(&e));
+            1
+        }
+    };
+    if let Some(p) = &a.run.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    code
 }
 
 fn run(args: RunArgs) -> i32 {
@@ -176,7 +213,8 @@ fn supervise(args: &RunArgs) -> i32 {
                 return 1;
             }
             detach_stdio();
-            sup.serve()
+            // Continue in a fresh image of ourselves; only if that cannot be done, here.
+            sup.exec_serve().serve()
         }
         Err(e) => {
             report(&Ready {
