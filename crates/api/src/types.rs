@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What isolates an instance. One API and one set of verbs for both; the kinds differ inside vesseld.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     #[default]
@@ -25,6 +26,7 @@ impl std::fmt::Display for Kind {
 
 /// When vesseld starts an instance again after it exits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     /// no, on-failure, always or unless-stopped.
@@ -77,6 +79,7 @@ impl RestartPolicy {
 
 /// Resource limits; all optional. Sizes in bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +105,7 @@ pub struct Limits {
 
 /// One resource limit of the process (`--ulimit nofile=1024:2048`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Ulimit {
     /// The name without RLIMIT_, lower case: nofile, nproc, core, ...
@@ -113,6 +117,7 @@ pub struct Ulimit {
 /// `POST /1.0/instances`: everything an instance is made from. Stored as given (after validation), so an
 /// instance can be re-made after a host restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// Unique; default: a generated name.
@@ -177,6 +182,7 @@ pub struct InstanceConfig {
 
 /// An instance's life cycle as vesseld records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Being made (a row exists, the root filesystem may not yet).
@@ -233,6 +239,7 @@ impl std::fmt::Display for Status {
 
 /// The live part of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceState {
     pub status: Status,
     /// The instance's main process on the host, while it runs.
@@ -257,6 +264,7 @@ pub struct InstanceState {
 
 /// `GET /1.0/instances/NAME` and each entry of `GET /1.0/instances`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Instance {
     /// 64 hex digits; any unique prefix names it too.
     pub id: String,
@@ -272,6 +280,7 @@ pub struct Instance {
 
 /// `PUT /1.0/instances/NAME/state`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StateChange {
     /// start, stop, restart, kill, pause or resume.
@@ -286,6 +295,7 @@ pub struct StateChange {
 
 /// `POST /1.0/instances/NAME/rename`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rename {
     pub name: String,
@@ -293,6 +303,7 @@ pub struct Rename {
 
 /// `POST /1.0/instances/NAME/exec`: the process to run, then the connection carries its streams.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
     pub command: Vec<String>,
@@ -311,6 +322,7 @@ pub struct ExecConfig {
 
 /// The answer of `wait`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitResult {
     /// Absent when the exit status is unknown (the supervisor was killed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,6 +331,7 @@ pub struct WaitResult {
 
 /// One line of an instance's log, as stored and as `GET .../logs` streams it (docker's json-file shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogRecord {
     /// RFC 3339 with nanoseconds, UTC.
     pub time: String,
@@ -329,6 +342,7 @@ pub struct LogRecord {
 
 /// One lifecycle event of `GET /1.0/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub time: String,
     /// created, started, died, oom, paused, resumed, stopped, deleted, renamed, restarted, updated.
@@ -341,12 +355,14 @@ pub struct Event {
 
 /// Every error body: one line, for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// `GET /1.0`: the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Info {
     pub name: String,
     pub version: String,
@@ -360,6 +376,7 @@ pub struct Info {
 
 /// `GET /1.0/instances/NAME/top`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Top {
     pub titles: Vec<String>,
     pub processes: Vec<Vec<String>>,
@@ -367,6 +384,7 @@ pub struct Top {
 
 /// `GET /1.0/instances/NAME/stats`: one sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     pub id: String,
     pub name: String,
@@ -389,6 +407,7 @@ pub struct Stats {
 
 /// `PATCH /1.0/instances/NAME`: live changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InstanceUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,6 +27,17 @@ pub struct Global {
         default_value = "unix:///run/vessel/vessel.sock"
     )]
     pub host: String,
+    /// For a tcp:// host: the CA of vesseld's certificate (PEM).
+    #[arg(long = "tls-ca", global = true, env = "VESSEL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// For a tcp:// host: a client certificate (PEM), with --tls-key.
+    #[arg(long = "tls-cert", global = true, env = "VESSEL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long = "tls-key", global = true, env = "VESSEL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// For a tcp:// host: a bearer token vesseld accepts.
+    #[arg(long, global = true, env = "VESSEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output: table (human), json, or a template such as '{{.Name}} {{.Status}}' (ps, images, inspect).
     #[arg(long, global = true, default_value = "table")]
     pub format: String,

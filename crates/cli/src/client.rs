@@ -1,5 +1,6 @@
-//! vesseld's API from the command line: HTTP/1.1 over its unix socket, one connection per request, on a
-//! single-threaded tokio runtime.
+//! vesseld's API from the command line: HTTP/1.1 over its unix socket, or over TLS to its TCP listener
+//! (with a bearer token or a client certificate), one connection per request, on a single-threaded tokio
+//! runtime.
 
 use std::path::PathBuf;
 
@@ -16,8 +17,29 @@ use vessel_api::ErrorBody;
 /// The protocol of attach and exec connections (vesseld's `STREAM_PROTOCOL`).
 const STREAM_PROTOCOL: &str = "vessel-stream";
 
+/// How to reach a remote vesseld (`--host tcp://HOST:PORT`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// The CA that signed vesseld's certificate.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key, when vesseld accepts those.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+enum Target {
+    Unix(PathBuf),
+    Tcp {
+        addr: String,
+        name: rustls::pki_types::ServerName<'static>,
+        connector: tokio_rustls::TlsConnector,
+        token: Option<String>,
+    },
+}
+
 pub struct Client {
-    socket: PathBuf,
+    target: Target,
     /// Always set; an Option only so that drop can shut it down without waiting.
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -40,21 +62,26 @@ pub struct ApiError {
 }
 
 impl Client {
-    pub fn new(host: &str) -> Result<Client> {
-        let socket = match host.strip_prefix("unix://") {
-            Some(p) => PathBuf::from(p),
-            None if host.starts_with('/') => PathBuf::from(host),
-            None => {
-                return Err(anyhow!(
-                    "Unsupported host {host:?}: this vessel talks to vesseld on a unix socket (unix:///PATH)"
-                ))
-            }
+    pub fn new(host: &str, tls: &TlsOptions) -> Result<Client> {
+        let target = if let Some(p) = host.strip_prefix("unix://") {
+            Target::Unix(PathBuf::from(p))
+        } else if host.starts_with('/') {
+            Target::Unix(PathBuf::from(host))
+        } else if let Some(addr) = host
+            .strip_prefix("tcp://")
+            .or_else(|| host.strip_prefix("https://"))
+        {
+            tcp_target(addr, tls)?
+        } else {
+            return Err(anyhow!(
+                "Unsupported host {host:?}: use unix:///PATH or tcp://HOST:PORT (TLS)"
+            ));
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("Cannot start the async runtime")?;
-        Ok(Client { socket, rt: Some(rt) })
+        Ok(Client { target, rt: Some(rt) })
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -65,28 +92,44 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            anyhow!(
-                "Cannot reach vesseld at {}: {e} (is it running? start it with `vessel daemon`)",
-                self.socket.display()
-            )
-        })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake with vesseld")?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        match &self.target {
+            Target::Unix(socket) => {
+                let stream = UnixStream::connect(socket).await.map_err(|e| {
+                    anyhow!(
+                        "Cannot reach vesseld at {}: {e} (is it running? start it with `vessel daemon`)",
+                        socket.display()
+                    )
+                })?;
+                handshake(stream).await
+            }
+            Target::Tcp {
+                addr,
+                name,
+                connector,
+                ..
+            } => {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| anyhow!("Cannot reach vesseld at {addr}: {e}"))?;
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| anyhow!("TLS with vesseld at {addr} failed: {e}"))?;
+                handshake(tls).await
+            }
+        }
     }
 
-    fn build(method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
+    fn build(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("Host", "vesseld");
         if body.is_some() {
             req = req.header("Content-Type", "application/json");
+        }
+        if let Target::Tcp { token: Some(t), .. } = &self.target {
+            req = req.header("Authorization", format!("Bearer {t}"));
         }
         Ok(req.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
     }
@@ -109,7 +152,10 @@ impl Client {
     ) -> Result<T> {
         let body = body.map(serde_json::to_vec).transpose()?;
         let mut sender = self.connect().await?;
-        let resp = sender.send_request(Self::build(method, path, body)?).await?;
+        let resp = sender
+            .send_request(self.build(method, path, body)?)
+            .await
+            .context("The request to vesseld failed")?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         check(status, &bytes)?;
@@ -123,7 +169,7 @@ impl Client {
     pub fn lines(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<bool>) -> Result<()> {
         self.block_on(async {
             let mut sender = self.connect().await?;
-            let resp = sender.send_request(Self::build(Method::GET, path, None)?).await?;
+            let resp = sender.send_request(self.build(Method::GET, path, None)?).await?;
             let status = resp.status();
             let mut body = resp.into_body();
             if !status.is_success() {
@@ -155,7 +201,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
         let mut sender = self.connect().await?;
-        let mut req = Self::build(Method::POST, path, body)?;
+        let mut req = self.build(Method::POST, path, body)?;
         req.headers_mut().insert("Connection", "Upgrade".parse()?);
         req.headers_mut().insert("Upgrade", STREAM_PROTOCOL.parse()?);
         let resp = sender.send_request(req).await?;
@@ -167,6 +213,61 @@ impl Client {
         }
         Ok(TokioIo::new(hyper::upgrade::on(resp).await?))
     }
+}
+
+async fn handshake<S>(io: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .context("HTTP handshake with vesseld")?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+fn tcp_target(addr: &str, tls: &TlsOptions) -> Result<Target> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let ca = tls.ca.as_ref().ok_or_else(|| {
+        anyhow!("A TCP host needs --tls-ca (or VESSEL_TLS_CA): the CA of vesseld's certificate")
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| anyhow!("Cannot read {}: {e}", ca.display()))? {
+        roots
+            .add(c.map_err(|e| anyhow!("Cannot read {}: {e}", ca.display()))?)
+            .map_err(|e| anyhow!("{}: {e}", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| anyhow!("Cannot read {}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow!("Cannot read {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow!("Cannot read {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(anyhow!("--tls-cert and --tls-key go together")),
+    };
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let name = ServerName::try_from(host.to_string()).map_err(|e| anyhow!("Invalid host {host:?}: {e}"))?;
+    Ok(Target::Tcp {
+        addr: addr.to_string(),
+        name,
+        connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        token: tls.token.clone(),
+    })
 }
 
 fn check(status: StatusCode, bytes: &[u8]) -> Result<()> {

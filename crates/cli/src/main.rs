@@ -41,7 +41,13 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<u8> {
     let g = cli.global;
-    let client = || client::Client::new(&g.host);
+    let tls = client::TlsOptions {
+        ca: g.tls_ca.clone(),
+        cert: g.tls_cert.clone(),
+        key: g.tls_key.clone(),
+        token: g.token.clone(),
+    };
+    let client = || client::Client::new(&g.host, &tls);
     match cli.command {
         Command::Run(a) => return instances::run(&g, &client()?, a.detach, &a.create),
         Command::Create(a) => {

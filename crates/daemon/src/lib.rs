@@ -7,6 +7,7 @@ pub mod manager;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ pub struct DaemonArgs {
     pub supervisor: Option<PathBuf>,
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// The API on TCP too (TLS, authenticated).
+    pub tcp: Option<tls::TcpConfig>,
 }
 
 /// Run the daemon in the foreground until SIGTERM or SIGINT.
@@ -42,9 +45,12 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
         }
     };
     let socket = cfg.socket();
-    match rt.block_on(server::run(cfg, || {
-        eprintln!("vesseld: serving on {}", socket.display())
-    })) {
+    let tcp = a.tcp;
+    let shown = match &tcp {
+        Some(t) => format!("{} and https://{}", socket.display(), t.addr),
+        None => socket.display().to_string(),
+    };
+    match rt.block_on(server::run(cfg, tcp, || eprintln!("vesseld: serving on {shown}"))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vesseld: {}", vessel_runtime::logging::one_line(&e));

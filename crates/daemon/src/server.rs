@@ -26,6 +26,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("Reconciliation failed: {0}")]
     Reconcile(#[from] crate::manager::ManagerError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("Serving the API failed: {0}")]
     Serve(std::io::Error),
 }
@@ -71,7 +73,14 @@ pub fn lock_root(cfg: &DaemonConfig) -> Result<RootLock, ServerError> {
 }
 
 /// Serve until SIGTERM or SIGINT. `ready` is told once the socket accepts requests.
-pub async fn run(cfg: DaemonConfig, ready: impl FnOnce()) -> Result<(), ServerError> {
+pub async fn run(
+    cfg: DaemonConfig,
+    tcp: Option<crate::tls::TcpConfig>,
+    ready: impl FnOnce(),
+) -> Result<(), ServerError> {
+    // TCP's configuration is checked before anything else happens.
+    let tls = tcp.as_ref().map(crate::tls::acceptor).transpose()?;
+    let tokens = crate::tls::Tokens::load(tcp.as_ref().and_then(|t| t.tokens.as_deref()))?;
     let _lock = lock_root(&cfg)?;
     let _ = std::fs::write(cfg.pid_file(), format!("{}\n", std::process::id()));
     let store = Arc::new(SqliteStore::open(&cfg.database())?);
@@ -88,7 +97,19 @@ pub async fn run(cfg: DaemonConfig, ready: impl FnOnce()) -> Result<(), ServerEr
     let state = AppState {
         mgr,
         metrics: Arc::new(Metrics::default()),
+        tokens: Arc::new(tokens),
     };
+    let router = api::router(state);
+    if let (Some(t), Some(acceptor)) = (&tcp, tls) {
+        let tcp_listener =
+            tokio::net::TcpListener::bind(t.addr)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    path: t.addr.to_string(),
+                    source,
+                })?;
+        tokio::spawn(crate::tls::serve(tcp_listener, acceptor, router.clone()));
+    }
     ready();
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -98,7 +119,7 @@ pub async fn run(cfg: DaemonConfig, ready: impl FnOnce()) -> Result<(), ServerEr
             _ = async { if let Some(i) = int.as_mut() { i.recv().await; } else { std::future::pending::<()>().await } } => {}
         }
     };
-    let served = axum::serve(listener, api::router(state))
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await;
     if ours {

@@ -5,10 +5,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use vessel_api::{Info, Instance, InstanceConfig, InstanceUpdate, Rename, StateChange, Top, WaitResult};
+use vessel_api::{
+    ErrorBody, Info, Instance, InstanceConfig, InstanceUpdate, Rename, StateChange, Top, WaitResult,
+};
 
 use super::{ApiError, ApiResult, AppState};
 
+#[utoipa::path(get, path = "/1.0", tag = "daemon", responses((status = 200, body = Info)))]
 pub async fn info(State(st): State<AppState>) -> ApiResult<Json<Info>> {
     let list = st.mgr.list()?;
     Ok(Json(Info {
@@ -35,6 +38,10 @@ pub struct ListQuery {
     filter: Option<String>,
 }
 
+#[utoipa::path(get, path = "/1.0/instances", tag = "instances",
+    params(("all" = Option<bool>, Query, description = "Include instances that are not running"),
+           ("filter" = Option<String>, Query, description = "KEY=VALUE filters joined by ';': label=K[=V], status, name, id, kind")),
+    responses((status = 200, body = [Instance]), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -114,6 +121,9 @@ pub fn parse_filters(s: &str) -> ApiResult<Vec<Filter>> {
         .collect()
 }
 
+#[utoipa::path(post, path = "/1.0/instances", tag = "instances", request_body = InstanceConfig,
+    responses((status = 201, body = Instance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     body: Result<Json<InstanceConfig>, JsonRejection>,
@@ -122,6 +132,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(st.mgr.create(config).await?)))
 }
 
+#[utoipa::path(get, path = "/1.0/instances/{name}", tag = "instances",
+    params(("name" = String, Path, description = "Name, id or unique id prefix")),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
 pub async fn inspect(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Instance>> {
     Ok(Json(st.mgr.find(&name)?.instance))
 }
@@ -133,6 +146,9 @@ pub struct DeleteQuery {
     force: Option<bool>,
 }
 
+#[utoipa::path(delete, path = "/1.0/instances/{name}", tag = "instances",
+    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "Kill a running instance first")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -143,6 +159,9 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(patch, path = "/1.0/instances/{name}", tag = "instances", request_body = InstanceUpdate,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Instance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -152,6 +171,10 @@ pub async fn update(
     Ok(Json(st.mgr.update(&name, u).await?))
 }
 
+#[utoipa::path(put, path = "/1.0/instances/{name}/state", tag = "instances", request_body = StateChange,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Instance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 pub async fn change_state(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -161,6 +184,9 @@ pub async fn change_state(
     Ok(Json(st.mgr.change_state(&name, &change).await?))
 }
 
+#[utoipa::path(post, path = "/1.0/instances/{name}/rename", tag = "instances", request_body = Rename,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Instance), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rename(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -170,12 +196,16 @@ pub async fn rename(
     Ok(Json(st.mgr.rename(&name, &r.name)?))
 }
 
+#[utoipa::path(post, path = "/1.0/instances/{name}/wait", tag = "instances", params(("name" = String, Path)),
+    responses((status = 200, body = WaitResult), (status = 404, body = ErrorBody)))]
 pub async fn wait(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<WaitResult>> {
     Ok(Json(WaitResult {
         exit_code: st.mgr.wait(&name).await?,
     }))
 }
 
+#[utoipa::path(get, path = "/1.0/instances/{name}/top", tag = "instances", params(("name" = String, Path)),
+    responses((status = 200, body = Top), (status = 409, body = ErrorBody)))]
 pub async fn top(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Top>> {
     let mgr = st.mgr.clone();
     Ok(Json(

@@ -51,6 +51,8 @@ fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "daemon",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn render(State(st): State<AppState>) -> Response {
     let mgr = st.mgr.clone();
     let instances = tokio::task::spawn_blocking(move || {

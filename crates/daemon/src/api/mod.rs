@@ -1,8 +1,10 @@
 //! vesseld's REST API: `/1.0/...` JSON over HTTP/1.1, served on a unix socket. Handlers only translate
 //! between HTTP and the [`Manager`]; errors become one JSON line with the right status.
 
+pub mod check;
 mod instances;
 mod metrics;
+pub mod openapi;
 mod streams;
 
 use std::sync::Arc;
@@ -23,6 +25,8 @@ use crate::store::StoreError;
 pub struct AppState {
     pub mgr: Arc<Manager>,
     pub metrics: Arc<Metrics>,
+    /// Bearer tokens accepted from TCP clients.
+    pub tokens: Arc<crate::tls::Tokens>,
 }
 
 /// An error as the API answers it.
@@ -101,7 +105,12 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/instances/{name}/exec", post(streams::exec))
         .route("/1.0/events", get(streams::events))
         .route("/metrics", get(metrics::render))
+        .route("/1.0/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "No such API endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::tls::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio_stream_lite::ReceiverStream;
 use vessel_api::frames::{self, FrameKind};
-use vessel_api::ExecConfig;
+use vessel_api::{ErrorBody, Event, ExecConfig, LogRecord, Stats};
 
 use super::{ApiError, ApiResult, AppState};
 use crate::manager::LogQuery;
@@ -58,6 +58,10 @@ pub struct AttachQuery {
     cols: Option<u16>,
 }
 
+#[utoipa::path(post, path = "/1.0/instances/{name}/attach", tag = "streams",
+    description = "Upgrade to `vessel-stream` (frames: stdin, stdout, stderr, exit, resize, stdin-eof, error)",
+    params(("name" = String, Path), ("rows" = Option<u16>, Query), ("cols" = Option<u16>, Query)),
+    responses((status = 101, description = "Switching to vessel-stream"), (status = 400, body = ErrorBody)))]
 pub async fn attach(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -93,18 +97,25 @@ pub async fn attach(
 }
 
 /// `POST /1.0/instances/NAME/exec` with an [`ExecConfig`] body: the process's streams, then its exit frame.
+#[utoipa::path(post, path = "/1.0/instances/{name}/exec", tag = "streams", request_body = ExecConfig,
+    description = "Upgrade to `vessel-stream` carrying the process's streams and exit code",
+    params(("name" = String, Path)),
+    responses((status = 101, description = "Switching to vessel-stream"), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 pub async fn exec(
     State(st): State<AppState>,
     Path(name): Path<String>,
     mut req: Request,
 ) -> ApiResult<Response> {
-    wants_upgrade(&req)?;
+    // The body is checked first, so a bad one is named even when the upgrade is missing too.
+    let upgrade = wants_upgrade(&req);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .map_err(|e| ApiError::bad_request(format!("Cannot read the request body: {e}")))?;
     let config: ExecConfig = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
+    upgrade?;
     let mut session = st.mgr.exec(&name, config).await?;
     tokio::spawn(async move {
         let (Some(stdin), Some(stdout)) = (session.child.stdin.take(), session.child.stdout.take()) else {
@@ -146,7 +157,7 @@ pub struct LogsQuery {
 }
 
 /// `since` as docker takes it: an RFC 3339 time, seconds since the epoch, or a duration ago.
-fn parse_since(s: &str) -> ApiResult<Duration> {
+pub(super) fn parse_since(s: &str) -> ApiResult<Duration> {
     if let Some(t) = vessel_api::time::parse_rfc3339(s) {
         return Ok(t);
     }
@@ -175,6 +186,11 @@ fn parse_since(s: &str) -> ApiResult<Duration> {
     Ok(now.saturating_sub(Duration::from_secs(secs)))
 }
 
+#[utoipa::path(get, path = "/1.0/instances/{name}/logs", tag = "streams",
+    params(("name" = String, Path), ("follow" = Option<bool>, Query), ("tail" = Option<String>, Query),
+           ("since" = Option<String>, Query, description = "RFC 3339, seconds since the epoch, or 10s/5m/2h ago")),
+    responses((status = 200, description = "JSON lines", body = LogRecord, content_type = "application/x-ndjson"),
+              (status = 400, body = ErrorBody)))]
 pub async fn logs(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -208,6 +224,9 @@ pub struct StatsQuery {
     stream: Option<bool>,
 }
 
+#[utoipa::path(get, path = "/1.0/instances/{name}/stats", tag = "streams",
+    params(("name" = String, Path), ("stream" = Option<bool>, Query, description = "A sample per second")),
+    responses((status = 200, body = Stats), (status = 409, body = ErrorBody)))]
 pub async fn stats(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -247,6 +266,8 @@ pub async fn stats(
 }
 
 /// `GET /1.0/events`: lifecycle events as JSON lines, from now on.
+#[utoipa::path(get, path = "/1.0/events", tag = "streams",
+    responses((status = 200, description = "JSON lines", body = Event, content_type = "application/x-ndjson")))]
 pub async fn events(State(st): State<AppState>) -> Response {
     let mut sub = st.mgr.subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -30,6 +30,21 @@ struct Args {
     /// Log files kept per instance (the current one and rotated ones).
     #[arg(long = "log-max-files", default_value_t = 3)]
     log_max_files: u32,
+    /// Also serve the API on TCP at ADDR (e.g. 0.0.0.0:8443): always TLS, always authenticated.
+    #[arg(long = "listen-tcp", requires_all = ["tls_cert", "tls_key"])]
+    listen_tcp: Option<std::net::SocketAddr>,
+    /// The server's certificate chain (PEM).
+    #[arg(long = "tls-cert")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long = "tls-key")]
+    tls_key: Option<PathBuf>,
+    /// Bearer tokens accepted from TCP clients, one per line.
+    #[arg(long = "tokens-file")]
+    tokens_file: Option<PathBuf>,
+    /// Client certificates signed by this CA (PEM) are accepted without a token.
+    #[arg(long = "tls-client-ca")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -51,5 +66,12 @@ fn main() -> ExitCode {
         supervisor: args.supervisor,
         log_max_size: args.log_max_size,
         log_max_files: args.log_max_files,
+        tcp: args.listen_tcp.map(|addr| vessel_daemon::tls::TcpConfig {
+            addr,
+            cert: args.tls_cert.clone().unwrap_or_default(),
+            key: args.tls_key.clone().unwrap_or_default(),
+            tokens: args.tokens_file.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        }),
     })
 }

@@ -139,38 +139,7 @@ impl Manager {
 
     /// `POST /1.0/instances`.
     pub async fn create(self: &Arc<Self>, mut config: InstanceConfig) -> Result<Instance, ManagerError> {
-        if config.kind == Kind::Vm {
-            return Err(ManagerError::Invalid(
-                "kind vm is not supported by this vesseld yet: create a container".into(),
-            ));
-        }
-        bundle::validate(&config)?;
-        config.restart.validate().map_err(ManagerError::Invalid)?;
-        if config.restart.name.is_empty() {
-            config.restart.name = "no".into();
-        }
-        if config.auto_remove && config.restart.name != "no" {
-            return Err(ManagerError::Invalid(
-                "auto-remove (--rm) and a restart policy cannot be combined".into(),
-            ));
-        }
-        if let Some(n) = &config.name {
-            names::validate(n)?;
-        }
-        vessel_image::reference::Reference::parse(&config.image)
-            .map(|_| ())
-            .or_else(|e| {
-                // An image id (or its prefix) is also a valid way to name an image.
-                let hex = config.image.trim_start_matches("sha256:");
-                if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    Ok(())
-                } else {
-                    Err(ManagerError::Invalid(format!(
-                        "Invalid image reference {:?}: {e}",
-                        config.image
-                    )))
-                }
-            })?;
+        validate_create(&mut config)?;
         let (image_name, image_id) = {
             let store = self.image_store()?;
             let img = store.find(&config.image).map_err(|e| match e {
@@ -441,4 +410,47 @@ fn merge_limits(into: &mut vessel_api::Limits, from: &vessel_api::Limits) {
         pids,
         blkio_weight
     );
+}
+
+/// Names as instances may have them.
+pub fn validate_name(name: &str) -> Result<(), ManagerError> {
+    names::validate(name)
+}
+
+/// Everything `create` checks before it looks at the image store: the one place a create request is
+/// validated (the API's fuzz target drives it too). Fills in defaults (the restart policy `no`).
+pub fn validate_create(config: &mut InstanceConfig) -> Result<(), ManagerError> {
+    if config.kind == Kind::Vm {
+        return Err(ManagerError::Invalid(
+            "kind vm is not supported by this vesseld yet: create a container".into(),
+        ));
+    }
+    bundle::validate(config)?;
+    config.restart.validate().map_err(ManagerError::Invalid)?;
+    if config.restart.name.is_empty() {
+        config.restart.name = "no".into();
+    }
+    if config.auto_remove && config.restart.name != "no" {
+        return Err(ManagerError::Invalid(
+            "auto-remove (--rm) and a restart policy cannot be combined".into(),
+        ));
+    }
+    if let Some(n) = &config.name {
+        names::validate(n)?;
+    }
+    vessel_image::reference::Reference::parse(&config.image)
+        .map(|_| ())
+        .or_else(|e| {
+            // An image id (or its prefix) is also a valid way to name an image.
+            let hex = config.image.trim_start_matches("sha256:");
+            if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                Ok(())
+            } else {
+                Err(ManagerError::Invalid(format!(
+                    "Invalid image reference {:?}: {e}",
+                    config.image
+                )))
+            }
+        })?;
+    Ok(())
 }

@@ -1,0 +1,111 @@
+//! What a request gets checked for before any state is touched, callable without a daemon: the fuzz target
+//! (`fuzz/`) and tests drive these with arbitrary input; the handlers use the same functions.
+
+use vessel_api::frames::Decoder;
+use vessel_api::{ExecConfig, InstanceConfig, InstanceUpdate, Rename, StateChange};
+
+/// The request inputs that are parsed and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    CreateBody,
+    StateBody,
+    UpdateBody,
+    RenameBody,
+    ExecBody,
+    /// `?filter=` of a list.
+    Filters,
+    /// `?since=` of logs.
+    Since,
+    /// Frames of an attach or exec stream.
+    Frames,
+}
+
+impl Input {
+    pub const ALL: [Input; 8] = [
+        Input::CreateBody,
+        Input::StateBody,
+        Input::UpdateBody,
+        Input::RenameBody,
+        Input::ExecBody,
+        Input::Filters,
+        Input::Since,
+        Input::Frames,
+    ];
+}
+
+/// Parse and validate `bytes` as `input`: `Err` with the one-line message a client would get.
+pub fn check(input: Input, bytes: &[u8]) -> Result<(), String> {
+    match input {
+        Input::CreateBody => {
+            let mut c: InstanceConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            crate::manager::validate_create(&mut c).map_err(|e| e.to_string())
+        }
+        Input::StateBody => {
+            let s: StateChange = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            if let Some(sig) = &s.signal {
+                vessel_runtime::container::parse_signal(sig).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        Input::UpdateBody => {
+            let u: InstanceUpdate = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            if let Some(l) = &u.limits {
+                crate::manager::bundle::validate_limits(l).map_err(|e| e.to_string())?;
+            }
+            if let Some(p) = &u.restart {
+                p.validate()?;
+            }
+            Ok(())
+        }
+        Input::RenameBody => {
+            let r: Rename = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            crate::manager::validate_name(&r.name).map_err(|e| e.to_string())
+        }
+        Input::ExecBody => {
+            let _: ExecConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Input::Filters => {
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            super::instances::parse_filters(text)
+                .map(|_| ())
+                .map_err(|e| e.message)
+        }
+        Input::Since => {
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            super::streams::parse_since(text)
+                .map(|_| ())
+                .map_err(|e| e.message)
+        }
+        Input::Frames => {
+            let mut d = Decoder::default();
+            d.push(bytes);
+            while d.next_frame().map_err(|e| e.to_string())?.is_some() {}
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_inputs_are_errors_with_a_message() {
+        assert!(
+            check(Input::CreateBody, br#"{"image":"x","limits":{"memory":1}}"#)
+                .unwrap_err()
+                .contains("minimum")
+        );
+        assert!(check(Input::CreateBody, br#"{"image":"busybox"}"#).is_ok());
+        assert!(check(Input::StateBody, br#"{"action":"kill","signal":"SIGNOPE"}"#).is_err());
+        assert!(check(Input::RenameBody, br#"{"name":"../x"}"#).is_err());
+        assert!(check(Input::Since, b"10q").is_err());
+        assert!(check(Input::Frames, &[7, 0, 0, 0, 0]).is_err());
+        // Not UTF-8 nor JSON; for frames, an incomplete header waits for more bytes.
+        for input in Input::ALL.into_iter().filter(|i| *i != Input::Frames) {
+            assert!(check(input, b"\xff\xfe").is_err(), "{input:?}");
+        }
+        assert!(check(Input::Frames, b"\xff\xfe").is_ok());
+    }
+}

@@ -1,0 +1,65 @@
+//! The API's OpenAPI document, generated from the handlers' own annotations and the request and response
+//! types of `vessel-api`, served at `GET /1.0/openapi.json`. A test calls every operation it lists and
+//! sends every request body with an unknown field (which must be refused).
+
+use axum::Json;
+use utoipa::OpenApi;
+use vessel_api::{
+    ErrorBody, Event, ExecConfig, Info, Instance, InstanceConfig, InstanceState, InstanceUpdate, Kind,
+    Limits, LogRecord, Rename, RestartPolicy, StateChange, Stats, Status, Top, Ulimit, WaitResult,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vesseld",
+        description = "vessel's daemon: instances of kind container (and, later, vm)"
+    ),
+    paths(
+        super::instances::info,
+        super::instances::list,
+        super::instances::create,
+        super::instances::inspect,
+        super::instances::delete,
+        super::instances::update,
+        super::instances::change_state,
+        super::instances::rename,
+        super::instances::wait,
+        super::instances::top,
+        super::streams::attach,
+        super::streams::exec,
+        super::streams::logs,
+        super::streams::stats,
+        super::streams::events,
+        super::metrics::render,
+        document,
+    ),
+    components(schemas(
+        ErrorBody,
+        Event,
+        ExecConfig,
+        Info,
+        Instance,
+        InstanceConfig,
+        InstanceState,
+        InstanceUpdate,
+        Kind,
+        Limits,
+        LogRecord,
+        Rename,
+        RestartPolicy,
+        StateChange,
+        Stats,
+        Status,
+        Top,
+        Ulimit,
+        WaitResult
+    ))
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/1.0/openapi.json", tag = "daemon",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
