@@ -23,8 +23,9 @@ use super::{os, pipe, terminal, ExitRecord, RunArgs, SupervisorError};
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 /// A client that cannot take a frame for this long is dropped rather than stall the container.
 const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reads of the container's output and of clients' frames.
-const READ_BUF: usize = 16 * 1024;
+/// Reads of the container's output and of clients' frames (a pipe holds 64 KiB; a few more reads of a
+/// flood cost less than the resident pages of a bigger buffer in every supervisor).
+const READ_BUF: usize = 8 * 1024;
 
 /// The container's output side: two pipes, or one terminal.
 pub(super) enum Output {
@@ -288,6 +289,9 @@ impl Supervisor {
                 source,
             }
         })?;
+        // What parsing our arguments left free goes back to the kernel before the long wait.
+        // SAFETY: malloc_trim only returns free memory to the kernel.
+        unsafe { libc::malloc_trim(0) };
         Ok(Supervisor {
             role: Role::Instance,
             init: a.init,
