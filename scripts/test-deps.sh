@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   gcc libc6-dev runc crun busybox-static podman containerd skopeo umoci uidmap jq util-linux iproute2
   libseccomp-dev pkg-config
-  docker-registry apache2-utils openssl curl
+  docker-registry apache2-utils openssl curl tini
   acpica-tools e2fsprogs qemu-system-x86 cpio
 )
 

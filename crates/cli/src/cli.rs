@@ -118,6 +118,9 @@ pub struct CreateArgs {
     /// A tmpfs mount: PATH[:OPTIONS].
     #[arg(long)]
     pub tmpfs: Vec<String>,
+    /// Run a reaper (tini) as PID 1 that starts the command, passes signals on and reaps orphans.
+    #[arg(long)]
+    pub init: bool,
     /// Signal that stop sends first (default SIGTERM).
     #[arg(long = "stop-signal")]
     pub stop_signal: Option<String>,

@@ -101,7 +101,7 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
         cap_drop: a.cap_drop.clone(),
         ulimits: a.ulimit.iter().map(|u| ulimit(u)).collect::<Result<_>>()?,
         tmpfs: a.tmpfs.clone(),
-        init: false,
+        init: a.init,
         auto_remove: a.rm,
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,

@@ -22,6 +22,11 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_SYS_CHROOT",
 ];
 
+/// The reaper `--init` runs as PID 1: Debian's static tini (package tini), bind-mounted read-only.
+pub const INIT_BINARY: &str = "/usr/bin/tini-static";
+/// Where the reaper appears in the instance.
+const INIT_IN_INSTANCE: &str = "/sbin/vessel-init";
+
 /// The smallest memory limit a container can start under (the runtime's set-up itself needs more than a
 /// few pages); docker's minimum is 6 MiB.
 pub const MIN_MEMORY: i64 = 6 << 20;
@@ -44,6 +49,8 @@ pub enum BundleError {
     BadUlimit(String),
     #[error("Invalid tmpfs mount {0:?}: use an absolute PATH or PATH:OPTIONS")]
     BadTmpfs(String),
+    #[error("--init needs {INIT_BINARY} on the host (apt-get install tini)")]
+    NoInit,
 }
 
 /// Checks what can be checked without the image: env, limits, capabilities, ulimits, tmpfs, restart policy.
@@ -76,6 +83,9 @@ pub fn validate(c: &InstanceConfig) -> Result<(), BundleError> {
         if !t.starts_with('/') {
             return Err(BundleError::BadTmpfs(t.clone()));
         }
+    }
+    if c.init && !Path::new(INIT_BINARY).exists() {
+        return Err(BundleError::NoInit);
     }
     Ok(())
 }
@@ -230,9 +240,13 @@ pub fn runtime_config(
     } else {
         c.command.clone()
     };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let mut args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
         return Err(BundleError::NoCommand(c.image.clone()));
+    }
+    if c.init {
+        // tini as PID 1: it reaps orphans and passes signals on to the command (-g: to its process group).
+        args.splice(0..0, [INIT_IN_INSTANCE.to_string(), "-g".into(), "--".into()]);
     }
     let mut env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
     let mut set = |kv: &str| {
@@ -299,6 +313,12 @@ pub fn runtime_config(
     p["capabilities"] = json!({ "bounding": caps, "effective": caps, "permitted": caps });
     p["rlimits"] = json!(rlimits);
     if let Some(mounts) = spec["mounts"].as_array_mut() {
+        if c.init {
+            mounts.push(
+                json!({ "destination": INIT_IN_INSTANCE, "type": "bind", "source": INIT_BINARY,
+                "options": ["bind", "ro", "nosuid", "nodev"] }),
+            );
+        }
         for t in &c.tmpfs {
             let (dest, opts) = t.split_once(':').unwrap_or((t.as_str(), ""));
             let mut options = vec!["nosuid", "nodev", "noexec"];
