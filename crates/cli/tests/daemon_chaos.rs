@@ -188,8 +188,8 @@ fn two_hundred_kill_nines_leave_store_and_host_in_agreement() {
     worker.join().unwrap();
     let done = counter.load(Ordering::SeqCst);
     assert!(
-        done >= KILLS as u64 / 2,
-        "the worker made too little progress to test anything: {done} rounds"
+        done >= 20,
+        "the worker made too little progress to test anything: {done} instances created"
     );
     // Kills landed mid-work: reconciliation had things to finish or undo.
     let repairs = d

@@ -49,10 +49,13 @@ fn check_rejected(rt: &Runtime, out: &Out, log: &Log, what: &str) {
     out.assert_fail(what);
     if rt.is_vessel() {
         let lines = out.stderr_lines();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{what}: expected exactly one error line on stderr\n{out}"
+        // A usage error shows clap's whole message (the error, the usage, where help is); any other
+        // rejection is one line.
+        let usage = lines.first().is_some_and(|l| l.starts_with("error: "))
+            && lines.iter().any(|l| l.starts_with("Usage: vessel-runtime"));
+        assert!(
+            usage || lines.len() == 1,
+            "{what}: expected one error line, or clap's usage message, on stderr\n{out}"
         );
     }
     let text = log.text();

@@ -80,6 +80,14 @@ impl Daemon {
             "import: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Layers unpacked now: the first create of every test would do it otherwise (and a test that kills
+        // vesseld mid-create would keep interrupting that unpack instead of vesseld's own work).
+        let out = d.vessel(&["image", "unpack", IMAGE]);
+        assert!(
+            out.status.success(),
+            "unpack: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         d.spawn();
         d
     }

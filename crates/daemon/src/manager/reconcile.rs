@@ -53,17 +53,22 @@ impl Manager {
                         continue;
                     }
                     if let Some(sup) = live_supervisor {
-                        // A start that never finished: its container was created but not started.
-                        let rt = self.runtime();
-                        let id2 = id.clone();
-                        let _ = tokio::task::spawn_blocking(move || {
-                            vessel_runtime::container::delete(&rt, &id2, true)
-                        })
-                        .await;
-                        self.watch_supervisor(id.clone(), sup);
+                        // A start that never finished: its container was created but not started. Its
+                        // supervisor is killed and waited for, so the record is final before we serve.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(sup.pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        for _ in 0..500 {
+                            if !supervisor_alive(&sup) {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
                         report
                             .lines
                             .push(format!("{}: its start was interrupted; stopped", inst.name));
+                        self.on_exit(&id, true).await?;
                         known.insert(id);
                         continue;
                     }
