@@ -73,27 +73,8 @@ pub struct CreateArgs {
     /// Remove the instance when it exits.
     #[arg(long)]
     pub rm: bool,
-    /// Memory limit, e.g. 64m or 1g.
-    #[arg(short, long)]
-    pub memory: Option<String>,
-    /// Memory plus swap limit (-1: unlimited swap).
-    #[arg(long = "memory-swap", allow_hyphen_values = true)]
-    pub memory_swap: Option<String>,
-    /// CPU limit as a number of CPUs, e.g. 0.5.
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// Relative CPU weight (2..262144; 1024 is the default share).
-    #[arg(short = 'c', long = "cpu-shares")]
-    pub cpu_shares: Option<u64>,
-    /// CPUs the instance may use, e.g. 0-1.
-    #[arg(long = "cpuset-cpus")]
-    pub cpuset_cpus: Option<String>,
-    /// Maximum number of processes (-1: unlimited).
-    #[arg(long = "pids-limit", allow_hyphen_values = true)]
-    pub pids_limit: Option<i64>,
-    /// Block I/O weight (10..1000).
-    #[arg(long = "blkio-weight")]
-    pub blkio_weight: Option<u16>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// User (name or uid) and optional group: USER[:GROUP].
     #[arg(short, long)]
     pub user: Option<String>,
@@ -174,22 +155,36 @@ pub struct LogsArgs {
     pub instance: String,
 }
 
-#[derive(Args, Debug)]
-pub struct UpdateArgs {
+/// Resource limits: `run`, `create` and `update`.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Memory limit, e.g. 64m or 1g.
     #[arg(short, long)]
     pub memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited swap).
     #[arg(long = "memory-swap", allow_hyphen_values = true)]
     pub memory_swap: Option<String>,
+    /// CPU limit as a number of CPUs, e.g. 0.5.
     #[arg(long)]
     pub cpus: Option<f64>,
+    /// Relative CPU weight (2..262144; 1024 is the default share).
     #[arg(short = 'c', long = "cpu-shares")]
     pub cpu_shares: Option<u64>,
+    /// CPUs the instance may use, e.g. 0-1.
     #[arg(long = "cpuset-cpus")]
     pub cpuset_cpus: Option<String>,
+    /// Maximum number of processes (-1: unlimited).
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
+    /// Block I/O weight (10..1000).
     #[arg(long = "blkio-weight")]
     pub blkio_weight: Option<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[arg(long)]
     pub restart: Option<String>,
     #[arg(required = true)]

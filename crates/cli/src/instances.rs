@@ -10,7 +10,7 @@ use vessel_api::{
     StateChange, Stats, Top, Ulimit, WaitResult,
 };
 
-use crate::cli::{CreateArgs, ExecArgs, Global, LogsArgs, UpdateArgs};
+use crate::cli::{CreateArgs, ExecArgs, Global, LimitArgs, LogsArgs, UpdateArgs};
 use crate::client::{encode, Client};
 use crate::format::{self, Format};
 use crate::output::{age, human_size, out, table};
@@ -25,6 +25,18 @@ fn bytes(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
     v.as_deref()
         .map(|s| vessel_runtime::units::parse_bytes(s).map_err(|e| anyhow!("Invalid {flag} {s:?}: {e}")))
         .transpose()
+}
+
+fn limits_of(l: &LimitArgs) -> Result<Limits> {
+    Ok(Limits {
+        memory: bytes("--memory", &l.memory)?,
+        memory_swap: bytes("--memory-swap", &l.memory_swap)?,
+        cpus: l.cpus,
+        cpu_shares: l.cpu_shares,
+        cpuset_cpus: l.cpuset_cpus.clone(),
+        pids: l.pids_limit,
+        blkio_weight: l.blkio_weight,
+    })
 }
 
 fn ulimit(s: &str) -> Result<Ulimit> {
@@ -87,15 +99,7 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
         stdin: a.interactive,
         labels,
         restart: RestartPolicy::parse(&a.restart).map_err(|e| anyhow!(e))?,
-        limits: Limits {
-            memory: bytes("--memory", &a.memory)?,
-            memory_swap: bytes("--memory-swap", &a.memory_swap)?,
-            cpus: a.cpus,
-            cpu_shares: a.cpu_shares,
-            cpuset_cpus: a.cpuset_cpus.clone(),
-            pids: a.pids_limit,
-            blkio_weight: a.blkio_weight,
-        },
+        limits: limits_of(&a.limits)?,
         read_only: a.read_only,
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
@@ -461,15 +465,7 @@ pub fn rename(c: &Client, name: &str, new: &str) -> Result<u8> {
 }
 
 pub fn update(c: &Client, a: &UpdateArgs) -> Result<u8> {
-    let limits = Limits {
-        memory: bytes("--memory", &a.memory)?,
-        memory_swap: bytes("--memory-swap", &a.memory_swap)?,
-        cpus: a.cpus,
-        cpu_shares: a.cpu_shares,
-        cpuset_cpus: a.cpuset_cpus.clone(),
-        pids: a.pids_limit,
-        blkio_weight: a.blkio_weight,
-    };
+    let limits = limits_of(&a.limits)?;
     let body = InstanceUpdate {
         limits: (limits != Limits::default()).then_some(limits),
         restart: a

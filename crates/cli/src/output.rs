@@ -29,27 +29,7 @@ pub fn out(line: impl std::fmt::Display) {
 
 /// Seconds since the epoch of an RFC 3339 time (UTC `Z` or an offset; fractions ignored).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let time = &rest[..8.min(rest.len())];
-    let mut t = time.split(':').map(|x| x.parse::<i64>());
-    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let mut secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    if let Some(off) = rest.get(8..).and_then(|r| r.find(['+', '-']).map(|i| &r[i..])) {
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let mut o = off[1..].split(':').map(|x| x.parse::<i64>().unwrap_or(0));
-        secs -= sign * (o.next().unwrap_or(0) * 3600 + o.next().unwrap_or(0) * 60);
-    }
-    Some(secs)
+    vessel_api::time::parse_rfc3339(s).map(|d| d.as_secs() as i64)
 }
 
 pub fn age(created: Option<&str>) -> String {

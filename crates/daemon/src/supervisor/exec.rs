@@ -7,13 +7,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vessel_api::frames::{self, FrameKind};
 use vessel_runtime::container::{self, ExecOptions, Runtime};
 
 use super::io_loop::{Output, Supervisor};
-use super::{os, pipe, terminal, RunArgs, SupervisorError};
+use super::{pipe, terminal, RunArgs, SupervisorError};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecArgs {
@@ -42,13 +40,7 @@ pub fn run(args: ExecArgs) -> i32 {
 fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
     let process: oci_spec::runtime::Process =
         serde_json::from_str(&args.process).map_err(|e| SupervisorError::BadProcess(e.to_string()))?;
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    mask.thread_block().map_err(os("block SIGCHLD"))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(os("create a signalfd"))?;
+    let signals = super::reaper_signals()?;
     let rt = Runtime::new(args.runtime_root.clone(), false);
     let scratch = std::env::temp_dir().join(format!("vessel-exec-{}", std::process::id()));
     let pid_file = scratch.with_extension("pid");

@@ -9,8 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use vessel_api::frames::{self, Decoder, FrameKind};
@@ -85,14 +84,7 @@ impl Supervisor {
                 source,
             }
         })?;
-        // The init may be a grandchild (an intermediate process forks it): become its reaper.
-        // SAFETY: prctl with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.thread_block().map_err(os("block SIGCHLD"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(os("create a signalfd"))?;
+        let signals = super::reaper_signals()?;
 
         let rt = Runtime::new(args.runtime_root.clone(), false);
         let mut opts = CreateOptions {
@@ -275,13 +267,7 @@ impl Supervisor {
         };
         let stdin = take(a.fds[3]);
         let listener = take(a.fds[4]).map(|f| UnixListener::from(OwnedFd::from(f)));
-        // SAFETY: prctl with integer arguments only (kept across execve; set again to be sure).
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.thread_block().map_err(os("block SIGCHLD"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(os("create a signalfd"))?;
+        let signals = super::reaper_signals()?;
         let log = LogWriter::open(&args.log, args.log_max_size, args.log_max_files).map_err(|source| {
             SupervisorError::Io {
                 action: "open the log",

@@ -21,6 +21,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
@@ -239,6 +241,19 @@ fn detach_stdio() {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }
+}
+
+/// Become the reaper of our descendants (a container's init may be a grandchild, forked by an intermediate
+/// process; the subreaper flag survives execve, set again anyway) and take SIGCHLD on a non-blocking
+/// descriptor, blocked so that none is lost before the poll loop reads it.
+fn reaper_signals() -> Result<SignalFd, SupervisorError> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().map_err(os("block SIGCHLD"))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(os("create a signalfd"))
 }
 
 /// A pipe with both ends close-on-exec (the container's end is dup'ed onto its stdio, which clears it).
