@@ -92,6 +92,35 @@ fn import_list_find_tag_remove_and_gc() {
 }
 
 #[test]
+fn a_held_image_outlives_its_names_until_released() {
+    let t = TempDir::new("hold");
+    let store = imported(&t);
+    let image = store.find("test/busybox:1").unwrap();
+    let dirs = store.layer_dirs(&image).unwrap();
+    store.hold("instance-1", &image).unwrap();
+    store.remove("test/busybox:1").unwrap();
+    store.prune().unwrap();
+    assert!(names(&store).is_empty(), "a hold is not a name");
+    let held = store.held("instance-1").unwrap();
+    assert_eq!(held.config, image.config);
+    assert!(dirs[0].join("bin/busybox").is_file(), "held layers kept");
+    assert_eq!(store.holders().unwrap(), vec!["instance-1"]);
+    store.release("instance-1").unwrap();
+    assert!(store.held("instance-1").is_err());
+    assert!(!store.has_blob(&image.config), "released image collected");
+    assert!(!dirs[0].exists(), "released layers collected");
+    // skopeo still reads a layout with a hold in it.
+    let t2 = TempDir::new("hold2");
+    let store = imported(&t2);
+    let image = store.find("test/busybox:1").unwrap();
+    store.hold("instance-2", &image).unwrap();
+    run(Command::new("skopeo").args([
+        "inspect",
+        &format!("oci:{}:docker.io/test/busybox:1", store.layout().display()),
+    ]));
+}
+
+#[test]
 fn bad_digests_and_archives_leave_the_store_unchanged() {
     let t = TempDir::new("bad");
     let store = imported(&t);

@@ -132,6 +132,9 @@ pub enum RegistryError {
 
     #[error("Local image {image} is damaged: {reason}")]
     LocalDamaged { image: String, reason: String },
+
+    #[error("The transfer of {image} was cancelled")]
+    Cancelled { image: String },
 }
 
 impl RegistryError {

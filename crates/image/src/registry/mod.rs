@@ -124,6 +124,11 @@ pub trait Progress {
     fn layer_advance(&self, digest: &str, bytes: u64);
     fn layer_done(&self, digest: &str);
     fn message(&self, line: &str);
+    /// Asked between steps and while blobs transfer: true ends the pull or push with
+    /// [`RegistryError::Cancelled`] at the next chunk (partial blobs stay, so a later pull resumes them).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

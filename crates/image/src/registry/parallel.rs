@@ -41,11 +41,16 @@ impl Reporter<'_> {
     }
 }
 
-/// Calls `job` for every item on up to `parallel` threads.
+/// How often the caller's thread asks [`Progress::cancelled`] while no event arrives.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Calls `job` for every item on up to `parallel` threads. `cancelled` makes the error for a transfer the
+/// caller called off (the workers' own errors then say only that they were stopped).
 pub(crate) fn run<T, F>(
     items: &[T],
     parallel: usize,
     progress: &dyn Progress,
+    cancelled: impl FnOnce() -> RegistryError,
     job: F,
 ) -> Result<(), RegistryError>
 where
@@ -60,6 +65,7 @@ where
     let cancel = AtomicBool::new(false);
     let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
     let (tx, rx) = mpsc::channel::<Event>();
+    let mut called_off = false;
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let reporter = Reporter {
@@ -84,17 +90,25 @@ where
             });
         }
         drop(tx);
-        // Ends when every worker has dropped its sender.
-        for event in rx {
-            match event {
-                Event::Start(d, size) => progress.layer_start(&d, size),
-                Event::Advance(d, n) => progress.layer_advance(&d, n),
-                Event::Done(d) => progress.layer_done(&d),
-                Event::Message(line) => progress.message(&line),
+        // Ends when every worker has dropped its sender; a quiet transfer still looks at `cancelled` often.
+        loop {
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok(Event::Start(d, size)) => progress.layer_start(&d, size),
+                Ok(Event::Advance(d, n)) => progress.layer_advance(&d, n),
+                Ok(Event::Done(d)) => progress.layer_done(&d),
+                Ok(Event::Message(line)) => progress.message(&line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if !called_off && progress.cancelled() {
+                called_off = true;
+                cancel.store(true, Ordering::Relaxed);
             }
         }
     });
     match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        // A worker's error after the caller called it off is the cancel's doing.
+        _ if called_off => Err(cancelled()),
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -125,6 +139,52 @@ mod tests {
         }
     }
 
+    fn called_off() -> RegistryError {
+        RegistryError::Cancelled { image: "img".into() }
+    }
+
+    /// Says "cancelled" once `after` advances have been seen.
+    struct CancelAfter {
+        seen: std::cell::Cell<u32>,
+        after: u32,
+    }
+
+    impl Progress for CancelAfter {
+        fn layer_start(&self, _: &str, _: u64) {}
+        fn layer_advance(&self, _: &str, _: u64) {
+            self.seen.set(self.seen.get() + 1);
+        }
+        fn layer_done(&self, _: &str) {}
+        fn message(&self, _: &str) {}
+        fn cancelled(&self) -> bool {
+            self.seen.get() >= self.after
+        }
+    }
+
+    #[test]
+    fn a_caller_that_calls_it_off_stops_every_worker_and_gets_cancelled() {
+        let items: Vec<usize> = (0..4).collect();
+        let chunks = AtomicUsize::new(0);
+        let progress = CancelAfter {
+            seen: std::cell::Cell::new(0),
+            after: 3,
+        };
+        let err = run(&items, 2, &progress, called_off, |i, r| {
+            // Endless transfers: only the cancel ends them.
+            loop {
+                if r.cancelled() {
+                    return Err(failure(*i));
+                }
+                chunks.fetch_add(1, Ordering::Relaxed);
+                r.advance("d", 1);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, RegistryError::Cancelled { .. }), "{err}");
+        assert!(chunks.load(Ordering::Relaxed) >= 3);
+    }
+
     fn failure(i: usize) -> RegistryError {
         RegistryError::Upload {
             image: "img".into(),
@@ -137,7 +197,7 @@ mod tests {
     fn runs_every_item_and_forwards_progress() {
         let items: Vec<usize> = (0..20).collect();
         let log = Log::default();
-        run(&items, 4, &log, |i, r| {
+        run(&items, 4, &log, called_off, |i, r| {
             r.start(&format!("d{i}"), 10);
             r.advance(&format!("d{i}"), 10);
             r.advance(&format!("d{i}"), 0);
@@ -158,7 +218,7 @@ mod tests {
     fn first_error_wins_and_stops_the_rest() {
         let items: Vec<usize> = (0..50).collect();
         let ran = AtomicUsize::new(0);
-        let err = run(&items, 3, &Log::default(), |i, r| {
+        let err = run(&items, 3, &Log::default(), called_off, |i, r| {
             ran.fetch_add(1, Ordering::Relaxed);
             if *i == 5 {
                 return Err(failure(*i));
@@ -172,7 +232,7 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("b5"), "{err}");
         assert!(ran.load(Ordering::Relaxed) < 50);
-        assert!(run(&[] as &[usize], 3, &NoopProgress, |_, _| Ok(())).is_ok());
+        assert!(run(&[] as &[usize], 3, &NoopProgress, called_off, |_, _| Ok(())).is_ok());
     }
 
     struct NoopProgress;

@@ -81,8 +81,17 @@ pub fn pull(
         repo,
         scopes: &scopes,
     };
-    parallel::run(&blobs, opts.parallel, progress, |d, r| download(&ctx, d, r))?;
+    let called_off = || RegistryError::Cancelled { image: image.clone() };
+    if progress.cancelled() {
+        return Err(called_off());
+    }
+    parallel::run(&blobs, opts.parallel, progress, called_off, |d, r| {
+        download(&ctx, d, r)
+    })?;
     check_config(&ctx, &image_manifest.config)?;
+    if progress.cancelled() {
+        return Err(called_off());
+    }
 
     let (bytes, media_type, digest) = to_store(&client, fetched, progress)?;
     let stored = store
@@ -284,7 +293,7 @@ fn cancelled(image: &str, desc: &Descriptor, writer: &BlobWriter) -> RegistryErr
         blob: desc.digest.clone(),
         received: writer.offset(),
         expected: desc.size,
-        reason: "cancelled after another transfer failed".to_string(),
+        reason: "stopped: another transfer failed or the pull was cancelled".to_string(),
     }
 }
 

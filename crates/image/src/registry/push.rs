@@ -84,7 +84,15 @@ pub fn push(
         from: from.as_deref(),
         local,
     };
-    parallel::run(&blobs, opts.parallel, progress, |d, r| upload(&ctx, d, r))?;
+    let called_off = || RegistryError::Cancelled {
+        image: remote.to_string(),
+    };
+    parallel::run(&blobs, opts.parallel, progress, called_off, |d, r| {
+        upload(&ctx, d, r)
+    })?;
+    if progress.cancelled() {
+        return Err(called_off());
+    }
 
     let target = match (&remote.tag, &remote.digest) {
         (Some(tag), _) => tag.clone(),

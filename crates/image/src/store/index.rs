@@ -24,6 +24,15 @@ pub struct Entry {
     raw: Value,
 }
 
+impl Entry {
+    fn holder(&self) -> Option<&str> {
+        self.raw["annotations"][HOLD].as_str()
+    }
+}
+
+/// The annotation of an index entry that holds an image for someone (an instance made from it).
+pub const HOLD: &str = "io.vessel.hold";
+
 #[derive(Debug, Default)]
 pub struct Index {
     pub entries: Vec<Entry>,
@@ -50,6 +59,36 @@ impl Index {
             size,
             raw,
         });
+    }
+
+    /// Keep `digest` (and what it reaches) for `holder` whatever happens to names: an unnamed entry that
+    /// only vessel reads (other tools see an extra, unnamed manifest).
+    pub fn hold(&mut self, holder: &str, digest: &Digest, media_type: &str, size: u64) {
+        self.release(holder);
+        let raw = json!({
+            "mediaType": media_type, "digest": digest.to_string(), "size": size,
+            "annotations": { HOLD: holder },
+        });
+        self.entries.push(Entry {
+            name: String::new(),
+            digest: digest.clone(),
+            media_type: media_type.to_string(),
+            size,
+            raw,
+        });
+    }
+
+    /// The manifest `holder` holds.
+    pub fn held(&self, holder: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.holder() == Some(holder))
+    }
+
+    pub fn release(&mut self, holder: &str) {
+        self.entries.retain(|e| e.holder() != Some(holder));
+    }
+
+    pub fn holders(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().filter_map(Entry::holder)
     }
 
     pub fn remove_names(&mut self, names: &[String]) {

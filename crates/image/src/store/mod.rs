@@ -423,6 +423,49 @@ impl Store {
         Ok(())
     }
 
+    /// Keep `image` (its manifest, config, blobs and unpacked layers) for `holder`, e.g. an instance made from
+    /// it, even after its names are removed or moved to another image. Replaces what `holder` held.
+    pub fn hold(&self, holder: &str, image: &ImageRecord) -> Result<(), StoreError> {
+        let _l = lock::exclusive(&self.root)?;
+        let mut idx = index::read(&self.layout)?;
+        let bytes = self.read_blob(&image.manifest)?;
+        let media_type = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_else(|| oci_spec::image::MediaType::ImageManifest.to_string());
+        idx.hold(holder, &image.manifest, &media_type, bytes.len() as u64);
+        index::write(&self.layout, &idx)
+    }
+
+    /// The image `holder` holds (its `name` is the holder's).
+    pub fn held(&self, holder: &str) -> Result<ImageRecord, StoreError> {
+        let _l = lock::shared(&self.root)?;
+        let idx = index::read(&self.layout)?;
+        let e = idx
+            .held(holder)
+            .ok_or_else(|| StoreError::NotFound(format!("the image held for {holder}")))?;
+        self.record(holder, &e.digest)
+    }
+
+    /// Everyone who holds an image.
+    pub fn holders(&self) -> Result<Vec<String>, StoreError> {
+        let _l = lock::shared(&self.root)?;
+        Ok(index::read(&self.layout)?.holders().map(str::to_string).collect())
+    }
+
+    /// Let go of what `holder` held; what nothing else uses is collected.
+    pub fn release(&self, holder: &str) -> Result<(), StoreError> {
+        let _l = lock::exclusive(&self.root)?;
+        let mut idx = index::read(&self.layout)?;
+        if idx.held(holder).is_none() {
+            return Ok(());
+        }
+        idx.release(holder);
+        index::write(&self.layout, &idx)?;
+        let _ = gc::collect(self, &idx);
+        Ok(())
+    }
+
     /// Remove blobs and unpacked layers no image uses, and what crashed writers left in `<root>/tmp`.
     pub fn prune(&self) -> Result<PruneReport, StoreError> {
         gc::prune(self)
