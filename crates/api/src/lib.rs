@@ -3,9 +3,13 @@
 //! carry over an upgraded connection.
 
 pub mod frames;
+pub mod images;
+pub mod operations;
 pub mod time;
 pub mod types;
 
+pub use images::*;
+pub use operations::*;
 pub use types::*;
 
 /// The API's version prefix.

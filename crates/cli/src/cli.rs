@@ -15,7 +15,7 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Where images live (the image commands use this store directly).
+    /// The image store on this host that save, load, import and unpack use (vesseld's --root).
     #[arg(long, global = true, default_value = "/var/lib/vessel")]
     pub root: PathBuf,
     /// The vesseld to talk to: a unix socket path or unix://PATH.
@@ -73,6 +73,9 @@ pub struct CreateArgs {
     /// Remove the instance when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Pull the image first: missing (when not in the store), always, never.
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// User (name or uid) and optional group: USER[:GROUP].
@@ -320,12 +323,31 @@ pub enum Command {
     Load(LoadArgs),
     /// Remove images.
     Rmi {
+        /// Also an image instances were made from (they keep it).
+        #[arg(short, long)]
+        force: bool,
         #[arg(required = true)]
         images: Vec<String>,
     },
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// vesseld's asynchronous operations (pulls, pushes, creates that pull).
+    #[command(subcommand)]
+    Operation(OperationCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperationCommand {
+    /// List operations (running, and ended in the last minutes).
+    #[command(alias = "list")]
+    Ls,
+    /// Show one as JSON.
+    Show { id: String },
+    /// Wait until it ends, with its progress.
+    Wait { id: String },
+    /// Cancel a running one.
+    Cancel { id: String },
 }
 
 /// How to reach a registry (`pull`, `push`).
@@ -378,6 +400,9 @@ pub enum ImageCommand {
     },
     /// Remove images.
     Rm {
+        /// Also an image instances were made from (they keep it).
+        #[arg(short, long)]
+        force: bool,
         #[arg(required = true)]
         images: Vec<String>,
     },

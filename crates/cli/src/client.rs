@@ -165,6 +165,33 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| format!("Unreadable answer from vesseld to {path}"))
     }
 
+    /// A request whose answer's status matters (201 made, 202 an operation): the status and the body.
+    pub fn call_status(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(StatusCode, serde_json::Value)> {
+        self.block_on(async {
+            let body = body.map(serde_json::to_vec).transpose()?;
+            let mut sender = self.connect().await?;
+            let resp = sender
+                .send_request(self.build(method, path, body)?)
+                .await
+                .context("The request to vesseld failed")?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            check(status, &bytes)?;
+            let v = if bytes.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("Unreadable answer from vesseld to {path}"))?
+            };
+            Ok((status, v))
+        })
+    }
+
     /// A request whose answer is JSON lines: `each` gets every line until it returns false or the stream ends.
     pub fn lines(&self, path: &str, mut each: impl FnMut(&[u8]) -> Result<bool>) -> Result<()> {
         self.block_on(async {

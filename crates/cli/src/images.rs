@@ -1,15 +1,26 @@
-//! The image commands, over the store and registry client of vessel-image.
+//! The image commands. Those that name images (pull, push, images, inspect, tag, rmi, prune) go through
+//! vesseld's API, pull and push as operations with progress; those that move files between this host and
+//! the store (save, load, import, unpack) open the store at `--root` on this host.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use vessel_image::reference::Reference;
-use vessel_image::registry::{self, RegistryOptions};
+use hyper::Method;
+use vessel_api::{
+    Image, ImageDetail, Operation, PruneResult, PullRequest, PushRequest, RegistryAuth, TagRequest,
+};
 use vessel_image::store::{ImageRecord, ImportConfig, Store};
 
 use crate::cli::{Global, RegistryArgs};
+use crate::client::{encode, Client};
 use crate::output::{age, emit, human_size, table};
 use serde_json::json;
+
+const NO_BODY: Option<&()> = None;
+
+fn image_path(name: &str, rest: &str) -> String {
+    format!("/1.0/images/{}{rest}", encode(name))
+}
 
 pub fn open_store(g: &Global) -> Result<Store> {
     Store::open(&g.root).with_context(|| format!("Cannot open the image store at {}", g.root.display()))
@@ -28,14 +39,12 @@ fn split_name(name: &str) -> (String, String) {
     }
 }
 
-fn short_id(image: &ImageRecord) -> String {
-    let s = image.config.to_string();
-    s.trim_start_matches("sha256:").chars().take(12).collect()
+fn short_id(image: &Image) -> String {
+    image.id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
-pub fn list(g: &Global) -> Result<()> {
-    let store = open_store(g)?;
-    let images = store.list()?;
+pub fn list(g: &Global, c: &Client) -> Result<()> {
+    let images: Vec<Image> = c.call(Method::GET, "/1.0/images", NO_BODY)?;
     match g.format.as_str() {
         "json" => {
             let v: Vec<serde_json::Value> = images
@@ -43,8 +52,8 @@ pub fn list(g: &Global) -> Result<()> {
                 .map(|i| {
                     let (repo, tag) = split_name(&i.name);
                     serde_json::json!({
-                        "name": i.name, "repository": repo, "tag": tag, "id": i.config.to_string(),
-                        "manifest": i.manifest.to_string(), "created": i.created, "size": i.size,
+                        "name": i.name, "repository": repo, "tag": tag, "id": i.id,
+                        "manifest": i.digest, "created": i.created, "size": i.size, "used_by": i.used_by,
                     })
                 })
                 .collect();
@@ -71,34 +80,31 @@ pub fn list(g: &Global) -> Result<()> {
     Ok(())
 }
 
-pub fn inspect(g: &Global, names: &[String]) -> Result<()> {
-    let store = open_store(g)?;
+pub fn inspect(c: &Client, names: &[String]) -> Result<()> {
     let mut out = Vec::new();
     for n in names {
-        let image = store.find(n)?;
-        let manifest = store.manifest(&image)?;
-        let config = store.config(&image)?;
+        let d: ImageDetail = c.call(Method::GET, &image_path(n, ""), NO_BODY)?;
         out.push(serde_json::json!({
-            "Name": image.name, "Id": image.config.to_string(), "Digest": image.manifest.to_string(),
-            "Created": image.created, "Size": image.size, "Manifest": manifest, "Config": config,
+            "Name": d.image.name, "Id": d.image.id, "Digest": d.image.digest, "Created": d.image.created,
+            "Size": d.image.size, "UsedBy": d.image.used_by, "Manifest": d.manifest, "Config": d.config,
         }));
     }
     crate::output::out(serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
-pub fn remove(g: &Global, names: &[String]) -> Result<()> {
-    let store = open_store(g)?;
+pub fn remove(g: &Global, c: &Client, force: bool, names: &[String]) -> Result<()> {
+    let q = if force { "?force=true" } else { "" };
     for n in names {
-        store.remove(n)?;
+        let _: serde_json::Value = c.call(Method::DELETE, &image_path(n, q), NO_BODY)?;
     }
     let text: Vec<String> = names.iter().map(|n| format!("Untagged: {n}")).collect();
     emit(g, text.join("\n"), json!({ "untagged": names }));
     Ok(())
 }
 
-pub fn prune(g: &Global) -> Result<()> {
-    let r = open_store(g)?.prune()?;
+pub fn prune(g: &Global, c: &Client) -> Result<()> {
+    let r: PruneResult = c.call(Method::POST, "/1.0/images/prune", NO_BODY)?;
     let text = format!(
         "Removed {} blobs and {} unpacked layers, freed {}",
         r.blobs_removed,
@@ -123,8 +129,12 @@ pub fn unpack(g: &Global, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub fn tag(g: &Global, image: &str, name: &str) -> Result<()> {
-    open_store(g)?.tag(image, name)?;
+pub fn tag(g: &Global, c: &Client, image: &str, name: &str) -> Result<()> {
+    let _: Image = c.call(
+        Method::POST,
+        &image_path(image, "/tag"),
+        Some(&TagRequest { name: name.into() }),
+    )?;
     emit(g, "", json!({ "tagged": image, "name": name }));
     Ok(())
 }
@@ -204,46 +214,63 @@ pub fn import(g: &Global, source: &Path, name: &str, changes: &[String]) -> Resu
     Ok(())
 }
 
-fn options(r: &RegistryArgs) -> RegistryOptions {
-    RegistryOptions {
-        insecure: r.insecure,
-        ca_file: r.ca_file.clone(),
-        username: r.username.clone(),
-        password: r.password.clone(),
-        platform: ("linux".into(), "amd64".into()),
-        parallel: 4,
+/// Progress is a pull's or push's output, except in JSON.
+fn show(g: &Global) -> crate::operations::Show {
+    if g.json() {
+        crate::operations::Show::Quiet
+    } else {
+        crate::operations::Show::Stdout
     }
 }
 
-pub fn pull(g: &Global, reference: &str, registry: &RegistryArgs) -> Result<()> {
-    let store = open_store(g)?;
-    let r = Reference::parse(reference)?;
-    let image = registry::pull(&store, &r, &options(registry), progress(g).as_ref())?;
-    let (text, v) = image_out(&image);
-    emit(g, text, v);
-    Ok(())
+fn auth(r: &RegistryArgs) -> RegistryAuth {
+    RegistryAuth {
+        insecure: r.insecure,
+        ca_file: r.ca_file.as_ref().map(|p| p.display().to_string()),
+        username: r.username.clone(),
+        password: r.password.clone(),
+        platform: None,
+    }
 }
 
-pub fn push(g: &Global, image: &str, destination: Option<&str>, registry: &RegistryArgs) -> Result<()> {
-    let store = open_store(g)?;
-    let local = store.find(image)?;
-    let remote = Reference::parse(destination.unwrap_or(&local.name))?;
-    registry::push(&store, image, &remote, &options(registry), progress(g).as_ref())?;
+pub fn pull(g: &Global, c: &Client, reference: &str, registry: &RegistryArgs) -> Result<()> {
+    let req = PullRequest {
+        reference: reference.into(),
+        registry: auth(registry),
+    };
+    let op: Operation = c.call(Method::POST, "/1.0/images/pull", Some(&req))?;
+    let done = crate::operations::wait(c, op, show(g))?;
+    let image: Image = serde_json::from_value(done.result.unwrap_or_default())
+        .context("vesseld's pull ended without the image")?;
     emit(
         g,
-        format!("Pushed {remote}"),
-        json!({ "pushed": image, "to": remote.to_string() }),
+        &image.id,
+        json!({ "name": image.name, "id": image.id, "digest": image.digest }),
     );
     Ok(())
 }
 
-/// Bars (or plain lines) for people; nothing that would break the JSON on stdout.
-fn progress(g: &Global) -> Box<dyn registry::Progress> {
-    if g.json() {
-        Box::new(registry::NoProgress)
-    } else {
-        Box::new(registry::TerminalProgress::new())
-    }
+pub fn push(
+    g: &Global,
+    c: &Client,
+    image: &str,
+    destination: Option<&str>,
+    registry: &RegistryArgs,
+) -> Result<()> {
+    let req = PushRequest {
+        destination: destination.map(str::to_string),
+        registry: auth(registry),
+    };
+    let op: Operation = c.call(Method::POST, &image_path(image, "/push"), Some(&req))?;
+    let done = crate::operations::wait(c, op, show(g))?;
+    let to = done
+        .result
+        .as_ref()
+        .and_then(|r| r["pushed"].as_str())
+        .unwrap_or("")
+        .to_string();
+    emit(g, format!("Pushed {to}"), json!({ "pushed": image, "to": to }));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use hyper::Method;
 use serde_json::{json, Value};
 use vessel_api::{
-    ExecConfig, Info, Instance, InstanceConfig, InstanceUpdate, Limits, LogRecord, RestartPolicy,
+    ExecConfig, Info, Instance, InstanceConfig, InstanceUpdate, Limits, LogRecord, Operation, RestartPolicy,
     StateChange, Stats, Top, Ulimit, WaitResult,
 };
 
@@ -113,8 +113,21 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
     })
 }
 
+/// Create the instance; when vesseld has to pull its image first, wait on that operation (progress on
+/// stderr, Ctrl-C cancels it).
 pub fn create(c: &Client, a: &CreateArgs) -> Result<Instance> {
-    c.call(Method::POST, "/1.0/instances", Some(&config_of(a)?))
+    let (status, v) = c.call_status(
+        Method::POST,
+        &format!("/1.0/instances?pull={}", encode(&a.pull)),
+        Some(&config_of(a)?),
+    )?;
+    if status != hyper::StatusCode::ACCEPTED {
+        return Ok(serde_json::from_value(v)?);
+    }
+    let op: Operation = serde_json::from_value(v)?;
+    let done = crate::operations::wait(c, op, crate::operations::Show::Stderr)?;
+    serde_json::from_value(done.result.unwrap_or_default())
+        .context("vesseld's create ended without the instance")
 }
 
 fn state(

@@ -1,11 +1,12 @@
-//! `vessel`: the user's command line. Instances go through vesseld's API (unix socket); the image commands
-//! use the image store directly.
+//! `vessel`: the user's command line. Instances, operations and the image commands that name images go
+//! through vesseld's API (unix socket, or TLS); save, load, import and unpack use this host's image store.
 
 mod cli;
 mod client;
 mod format;
 mod images;
 mod instances;
+mod operations;
 mod output;
 mod session;
 
@@ -15,7 +16,7 @@ use anyhow::Result;
 use clap::Parser;
 use vessel_runtime::logging;
 
-use cli::{Cli, Command, ImageCommand};
+use cli::{Cli, Command, ImageCommand, OperationCommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -81,21 +82,27 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Info => return instances::info(&g, &client()?),
         Command::Version => return instances::version(&g, &client()?),
         Command::Daemon { args } => return daemon(&args),
-        Command::Pull { reference, registry } => images::pull(&g, &reference, &registry)?,
+        Command::Pull { reference, registry } => images::pull(&g, &client()?, &reference, &registry)?,
         Command::Push {
             image,
             destination,
             registry,
-        } => images::push(&g, &image, destination.as_deref(), &registry)?,
-        Command::Images => images::list(&g)?,
-        Command::Rmi { images: names } => images::remove(&g, &names)?,
-        Command::Tag(a) | Command::Image(ImageCommand::Tag(a)) => images::tag(&g, &a.image, &a.name)?,
+        } => images::push(&g, &client()?, &image, destination.as_deref(), &registry)?,
+        Command::Images | Command::Image(ImageCommand::Ls) => images::list(&g, &client()?)?,
+        Command::Rmi { force, images: names } | Command::Image(ImageCommand::Rm { force, images: names }) => {
+            images::remove(&g, &client()?, force, &names)?
+        }
+        Command::Tag(a) | Command::Image(ImageCommand::Tag(a)) => {
+            images::tag(&g, &client()?, &a.image, &a.name)?
+        }
         Command::Save(a) | Command::Image(ImageCommand::Save(a)) => images::save(&g, &a.images, &a.output)?,
         Command::Load(a) | Command::Image(ImageCommand::Load(a)) => images::load(&g, &a.input)?,
-        Command::Image(ImageCommand::Ls) => images::list(&g)?,
-        Command::Image(ImageCommand::Inspect { images: names }) => images::inspect(&g, &names)?,
-        Command::Image(ImageCommand::Rm { images: names }) => images::remove(&g, &names)?,
-        Command::Image(ImageCommand::Prune) => images::prune(&g)?,
+        Command::Image(ImageCommand::Inspect { images: names }) => images::inspect(&client()?, &names)?,
+        Command::Image(ImageCommand::Prune) => images::prune(&g, &client()?)?,
+        Command::Operation(OperationCommand::Ls) => return operations::list(&g, &client()?),
+        Command::Operation(OperationCommand::Show { id }) => return operations::show(&client()?, &id),
+        Command::Operation(OperationCommand::Wait { id }) => return operations::wait_id(&client()?, &id),
+        Command::Operation(OperationCommand::Cancel { id }) => return operations::cancel(&client()?, &id),
         Command::Image(ImageCommand::Unpack { images: names }) => images::unpack(&g, &names)?,
         Command::Image(ImageCommand::Import { source, name, change }) => {
             images::import(&g, &source, &name, &change)?

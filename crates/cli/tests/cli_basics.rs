@@ -50,9 +50,15 @@ fn every_image_command_speaks_json() {
 #[test]
 fn bad_input_is_one_clear_line_and_changes_nothing() {
     let d = Daemon::start("badcli");
-    let err = d.fails(&["run", "--rm", "no/such:image", "true"]);
+    let err = d.fails(&["run", "--rm", "--pull", "never", "no/such:image", "true"]);
     assert!(
         err.contains("no/such:image") && err.contains("not in the image store"),
+        "{err}"
+    );
+    // Pulled on demand from a registry that is not there: the pull's own error, one line.
+    let err = d.fails(&["run", "--rm", "127.0.0.1:1/no/such:image", "true"]);
+    assert!(
+        err.contains("Cannot reach registry 127.0.0.1:1") && err.contains("no/such:image"),
         "{err}"
     );
     let err = d.fails(&["run", "UPPER/Case:::", "true"]);

@@ -37,11 +37,26 @@ fn bad_requests_get_a_4xx_with_one_line_and_change_nothing() {
         ),
         (
             "POST",
-            "/1.0/instances",
+            "/1.0/instances?pull=never",
             r#"{"image":"no/such"}"#,
             404,
             "not in the image store",
         ),
+        (
+            "POST",
+            "/1.0/instances?pull=sometimes",
+            r#"{"image":"t/busybox"}"#,
+            400,
+            "pull",
+        ),
+        (
+            "POST",
+            "/1.0/images/pull",
+            r#"{"reference":"UPPER/Case:::"}"#,
+            400,
+            "Invalid image reference",
+        ),
+        ("GET", "/1.0/operations/nosuch", "", 404, "No operation"),
         (
             "POST",
             "/1.0/instances",

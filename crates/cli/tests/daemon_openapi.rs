@@ -96,6 +96,39 @@ fn every_documented_operation_answers_and_every_body_refuses_unknown_fields() {
             "",
             200,
         ),
+        ("GET /1.0/images", "/1.0/images", "", 200),
+        ("GET /1.0/images/{name}", "/1.0/images/t%2Fbusybox", "", 200),
+        (
+            "POST /1.0/images/{name}/tag",
+            "/1.0/images/t%2Fbusybox/tag",
+            r#"{"name":"t/copy:1"}"#,
+            200,
+        ),
+        ("DELETE /1.0/images/{name}", "/1.0/images/t%2Fcopy%3A1", "", 204),
+        ("POST /1.0/images/prune", "/1.0/images/prune", "", 200),
+        // Nothing listens on port 1: the operations start (202) and fail.
+        (
+            "POST /1.0/images/pull",
+            "/1.0/images/pull",
+            r#"{"reference":"127.0.0.1:1/t/x:1"}"#,
+            202,
+        ),
+        (
+            "POST /1.0/images/{name}/push",
+            "/1.0/images/t%2Fbusybox/push",
+            r#"{"destination":"127.0.0.1:1/t/x:1"}"#,
+            202,
+        ),
+        ("GET /1.0/operations", "/1.0/operations", "", 200),
+        ("GET /1.0/operations/{id}", "/1.0/operations/OP", "", 200),
+        (
+            "GET /1.0/operations/{id}/wait",
+            "/1.0/operations/OP/wait?timeout=30",
+            "",
+            200,
+        ),
+        // Ended by now: a cancel is refused (cancelling a running one is in daemon_images.rs).
+        ("DELETE /1.0/operations/{id}", "/1.0/operations/OP", "", 409),
     ];
     let called: BTreeSet<String> = calls.iter().map(|c| c.0.to_string()).collect();
     let mut expected = documented.clone();
@@ -104,13 +137,24 @@ fn every_documented_operation_answers_and_every_body_refuses_unknown_fields() {
         called, expected,
         "documented operations and the ones this test calls differ"
     );
+    let mut op_id = String::new();
     for (op, path, body, status) in calls {
-        if op.ends_with("/wait") {
+        if op.ends_with("instances/{name}/wait") {
             d.ok(&["stop", "-t", "0", "o1"]);
         }
         let method = op.split(' ').next().unwrap();
-        let (got, text) = d.api(method, path, body);
+        let path = path.replace("OP", &op_id);
+        let (got, text) = d.api(method, &path, body);
         assert_eq!(got, *status, "{op}: {text}");
+        if *op == "POST /1.0/images/pull" {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            op_id = v["id"].as_str().unwrap().to_string();
+        }
+        if op.ends_with("operations/{id}/wait") {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["status"], "failure", "{v}");
+            assert!(v["error"].as_str().unwrap().contains("127.0.0.1:1"), "{v}");
+        }
         let documented_statuses =
             &doc["paths"][op.split_once(' ').unwrap().1][method.to_lowercase()]["responses"];
         assert!(
@@ -169,6 +213,30 @@ fn every_documented_operation_answers_and_every_body_refuses_unknown_fields() {
             "POST",
             "/1.0/instances",
             r#"{"image":"t/busybox","ulimits":[{"name":"nofile","soft":1,"hard":1,"bogus":1}]}"#,
+        ),
+        (
+            "PullRequest",
+            "POST",
+            "/1.0/images/pull",
+            r#"{"reference":"t/busybox","bogus":1}"#,
+        ),
+        (
+            "RegistryAuth",
+            "POST",
+            "/1.0/images/pull",
+            r#"{"reference":"t/busybox","registry":{"bogus":1}}"#,
+        ),
+        (
+            "PushRequest",
+            "POST",
+            "/1.0/images/t%2Fbusybox/push",
+            r#"{"bogus":1}"#,
+        ),
+        (
+            "TagRequest",
+            "POST",
+            "/1.0/images/t%2Fbusybox/tag",
+            r#"{"name":"x","bogus":1}"#,
         ),
     ];
     let mut request_schemas = BTreeSet::new();

@@ -18,6 +18,8 @@ pub struct DaemonConfig {
     /// Log bound per instance: bytes per file and number of files.
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Registries pulled from and pushed to over plain HTTP (or unverified TLS), besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 /// The part of an instance id that names its files in the supervisors' directory.
@@ -38,6 +40,7 @@ impl DaemonConfig {
             supervisor,
             log_max_size: 10 << 20,
             log_max_files: 3,
+            insecure_registries: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod manager;
+pub mod operations;
 pub mod server;
 pub mod store;
 pub mod supervisor;
@@ -21,6 +22,7 @@ pub struct DaemonArgs {
     pub supervisor: Option<PathBuf>,
     pub log_max_size: u64,
     pub log_max_files: u32,
+    pub insecure_registries: Vec<String>,
     /// The API on TCP too (TLS, authenticated).
     pub tcp: Option<tls::TcpConfig>,
 }
@@ -33,6 +35,7 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
     }
     cfg.log_max_size = a.log_max_size;
     cfg.log_max_files = a.log_max_files;
+    cfg.insecure_registries = a.insecure_registries;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,11 +3,15 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use vessel_api::{
-    ErrorBody, Info, Instance, InstanceConfig, InstanceUpdate, Rename, StateChange, Top, WaitResult,
+    ErrorBody, Info, Instance, InstanceConfig, InstanceUpdate, Operation, Rename, StateChange, Top,
+    WaitResult,
 };
+
+use crate::manager::{Created, PullPolicy};
 
 use super::{ApiError, ApiResult, AppState};
 
@@ -121,15 +125,29 @@ pub fn parse_filters(s: &str) -> ApiResult<Vec<Filter>> {
         .collect()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    #[serde(default)]
+    pull: Option<PullPolicy>,
+}
+
 #[utoipa::path(post, path = "/1.0/instances", tag = "instances", request_body = InstanceConfig,
-    responses((status = 201, body = Instance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    params(("pull" = Option<String>, Query, description = "missing (default): pull the image if it is not in the store; always; never")),
+    responses((status = 201, body = Instance, description = "Made at once: the image was in the store"),
+              (status = 202, body = Operation, description = "An operation that pulls the image, then makes the instance (its result)"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
+    q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Json<InstanceConfig>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Instance>)> {
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let Json(config) = body?;
-    Ok((StatusCode::CREATED, Json(st.mgr.create(config).await?)))
+    Ok(match st.mgr.create(config, q.pull.unwrap_or_default()).await? {
+        Created::Now(inst) => (StatusCode::CREATED, Json(inst)).into_response(),
+        Created::Later(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+    })
 }
 
 #[utoipa::path(get, path = "/1.0/instances/{name}", tag = "instances",
@@ -144,19 +162,41 @@ pub async fn inspect(State(st): State<AppState>, Path(name): Path<String>) -> Ap
 pub struct DeleteQuery {
     #[serde(default)]
     force: Option<bool>,
+    #[serde(default, rename = "async")]
+    run_async: Option<bool>,
 }
 
 #[utoipa::path(delete, path = "/1.0/instances/{name}", tag = "instances",
-    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "Kill a running instance first")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "Kill a running instance first"),
+           ("async" = Option<bool>, Query, description = "Answer at once with an operation that deletes it")),
+    responses((status = 204), (status = 202, body = Operation), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     Path(name): Path<String>,
     q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    st.mgr.delete(&name, q.force.unwrap_or(false)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let force = q.force.unwrap_or(false);
+    if !q.run_async.unwrap_or(false) {
+        st.mgr.delete(&name, force).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // Refuse what would fail at once (no such instance) before answering 202.
+    let inst = st.mgr.find(&name)?.instance;
+    let mgr = st.mgr.clone();
+    let id = inst.id.clone();
+    let op = st.mgr.ops.start(
+        "delete",
+        format!("Deleting {}", inst.name),
+        vec![format!("/1.0/instances/{}", inst.name)],
+        move |h| async move {
+            h.no_more_cancel();
+            mgr.delete(&id, force).await?;
+            Ok(None)
+        },
+    );
+    Ok((StatusCode::ACCEPTED, Json(op)).into_response())
 }
 
 #[utoipa::path(patch, path = "/1.0/instances/{name}", tag = "instances", request_body = InstanceUpdate,

@@ -2,9 +2,11 @@
 //! between HTTP and the [`Manager`]; errors become one JSON line with the right status.
 
 pub mod check;
+mod images;
 mod instances;
 mod metrics;
 pub mod openapi;
+mod operations;
 mod streams;
 
 use std::sync::Arc;
@@ -84,6 +86,20 @@ impl From<JsonRejection> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// An image name as one path segment: everything but unreserved characters percent-encoded (`/` and `:`
+/// included), as clients must send it.
+pub fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The routes; every request also counts in [`Metrics`].
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -104,6 +120,18 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/instances/{name}/attach", post(streams::attach))
         .route("/1.0/instances/{name}/exec", post(streams::exec))
         .route("/1.0/events", get(streams::events))
+        .route("/1.0/images", get(images::list))
+        .route("/1.0/images/pull", post(images::pull))
+        .route("/1.0/images/prune", post(images::prune))
+        .route("/1.0/images/{name}", get(images::inspect).delete(images::remove))
+        .route("/1.0/images/{name}/tag", post(images::tag))
+        .route("/1.0/images/{name}/push", post(images::push))
+        .route("/1.0/operations", get(operations::list))
+        .route(
+            "/1.0/operations/{id}",
+            get(operations::show).delete(operations::cancel),
+        )
+        .route("/1.0/operations/{id}/wait", get(operations::wait))
         .route("/metrics", get(metrics::render))
         .route("/1.0/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "No such API endpoint") })

@@ -5,8 +5,10 @@
 use axum::Json;
 use utoipa::OpenApi;
 use vessel_api::{
-    ErrorBody, Event, ExecConfig, Info, Instance, InstanceConfig, InstanceState, InstanceUpdate, Kind,
-    Limits, LogRecord, Rename, RestartPolicy, StateChange, Stats, Status, Top, Ulimit, WaitResult,
+    ErrorBody, Event, ExecConfig, Image, ImageDetail, Info, Instance, InstanceConfig, InstanceState,
+    InstanceUpdate, Kind, Limits, LogRecord, Operation, OperationProgress, OperationStatus, PruneResult,
+    PullRequest, PushRequest, RegistryAuth, Rename, RestartPolicy, StateChange, Stats, Status, TagRequest,
+    Top, Ulimit, WaitResult,
 };
 
 #[derive(OpenApi)]
@@ -32,6 +34,17 @@ use vessel_api::{
         super::streams::stats,
         super::streams::events,
         super::metrics::render,
+        super::images::list,
+        super::images::inspect,
+        super::images::remove,
+        super::images::tag,
+        super::images::prune,
+        super::images::pull,
+        super::images::push,
+        super::operations::list,
+        super::operations::show,
+        super::operations::wait,
+        super::operations::cancel,
         document,
     ),
     components(schemas(
@@ -53,7 +66,17 @@ use vessel_api::{
         Status,
         Top,
         Ulimit,
-        WaitResult
+        WaitResult,
+        Image,
+        ImageDetail,
+        Operation,
+        OperationProgress,
+        OperationStatus,
+        PruneResult,
+        PullRequest,
+        PushRequest,
+        RegistryAuth,
+        TagRequest
     ))
 )]
 pub struct ApiDoc;

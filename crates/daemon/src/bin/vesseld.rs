@@ -45,6 +45,10 @@ struct Args {
     /// Client certificates signed by this CA (PEM) are accepted without a token.
     #[arg(long = "tls-client-ca")]
     tls_client_ca: Option<PathBuf>,
+    /// A registry (HOST[:PORT]) reached over plain HTTP or with an unverified certificate; repeatable.
+    /// Registries on loopback always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         supervisor: args.supervisor,
         log_max_size: args.log_max_size,
         log_max_files: args.log_max_files,
+        insecure_registries: args.insecure_registry,
         tcp: args.listen_tcp.map(|addr| vessel_daemon::tls::TcpConfig {
             addr,
             cert: args.tls_cert.clone().unwrap_or_default(),

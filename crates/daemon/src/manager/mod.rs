@@ -7,6 +7,7 @@
 
 pub mod bundle;
 mod error;
+mod images;
 mod lifecycle;
 mod names;
 pub mod reconcile;
@@ -23,6 +24,8 @@ use vessel_api::{Event, Instance, InstanceConfig, InstanceState, Kind, Status};
 use vessel_image::snapshot::Snapshot;
 
 pub use error::ManagerError;
+pub use images::parse_reference;
+pub use names::random_id;
 pub use streams::{ExecSession, LogQuery};
 
 use crate::config::DaemonConfig;
@@ -66,6 +69,24 @@ pub struct Manager {
     /// Verbs and reconciliation are serialized against the image store's own writers by its lock; this one
     /// keeps our own creates from unpacking the same image twice at once.
     image_lock: tokio::sync::Mutex<()>,
+    /// Pulls, pushes, creates that pull, asynchronous deletes.
+    pub ops: crate::operations::Operations,
+}
+
+/// What `POST /1.0/instances` did: made the instance, or started an operation that pulls its image first.
+pub enum Created {
+    Now(Box<Instance>),
+    Later(Box<vessel_api::Operation>),
+}
+
+/// When a create pulls its image: `missing` (the default), `always`, `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    #[default]
+    Missing,
+    Always,
+    Never,
 }
 
 impl Manager {
@@ -77,6 +98,7 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             state_write: Mutex::new(()),
             image_lock: tokio::sync::Mutex::new(()),
+            ops: Default::default(),
         })
     }
 
@@ -137,20 +159,67 @@ impl Manager {
             .map_err(|e| ManagerError::Internal(format!("Cannot open the image store: {e}")))
     }
 
-    /// `POST /1.0/instances`.
-    pub async fn create(self: &Arc<Self>, mut config: InstanceConfig) -> Result<Instance, ManagerError> {
+    /// `POST /1.0/instances`: at once when the image is in the store, else as an operation that pulls it
+    /// first (unless `pull` is never).
+    pub async fn create(
+        self: &Arc<Self>,
+        mut config: InstanceConfig,
+        pull: PullPolicy,
+    ) -> Result<Created, ManagerError> {
         validate_create(&mut config)?;
-        let (image_name, image_id) = {
-            let store = self.image_store()?;
-            let img = store.find(&config.image).map_err(|e| match e {
-                vessel_image::store::StoreError::NotFound(_) => ManagerError::NotFound(format!(
+        let found = self.image_store()?.find(&config.image);
+        let needs_pull = match (&found, pull) {
+            (_, PullPolicy::Always) => true,
+            (Ok(_), _) => false,
+            (Err(vessel_image::store::StoreError::NotFound(_)), PullPolicy::Missing) => true,
+            (Err(vessel_image::store::StoreError::NotFound(_)), PullPolicy::Never) => {
+                return Err(ManagerError::NotFound(format!(
                     "Image {} is not in the image store: pull or import it first",
                     config.image
-                )),
-                other => ManagerError::Internal(other.to_string()),
-            })?;
-            (img.name.clone(), img.config.to_string())
+                )))
+            }
+            (Err(e), _) => return Err(ManagerError::Internal(e.to_string())),
         };
+        if !needs_pull {
+            let image = found.map_err(|e| ManagerError::Internal(e.to_string()))?;
+            return Ok(Created::Now(Box::new(self.create_from(config, image).await?)));
+        }
+        let reference = images::parse_reference(&config.image)?;
+        if let Some(n) = &config.name {
+            if self.find(n).is_ok() {
+                return Err(ManagerError::Conflict(format!(
+                    "The name {n:?} is already in use by another instance"
+                )));
+            }
+        }
+        let opts = self.registry_options(&reference.registry, &Default::default())?;
+        let mgr = self.clone();
+        let resources = config
+            .name
+            .iter()
+            .map(|n| format!("/1.0/instances/{n}"))
+            .collect();
+        Ok(Created::Later(Box::new(self.ops.start(
+            "create",
+            format!("Pulling {reference}, then creating the instance"),
+            resources,
+            move |h| async move {
+                let image = mgr.pull_now(&reference, opts, h.clone()).await?;
+                h.no_more_cancel();
+                h.stage("Creating the instance");
+                let inst = mgr.create_from(config, image).await?;
+                Ok(Some(serde_json::to_value(inst).unwrap_or_default()))
+            },
+        ))))
+    }
+
+    /// Make the instance from an image in the store.
+    async fn create_from(
+        self: &Arc<Self>,
+        config: InstanceConfig,
+        image: vessel_image::store::ImageRecord,
+    ) -> Result<Instance, ManagerError> {
+        let (image_name, image_id) = (image.name.clone(), image.config.to_string());
         let id = names::random_id()?;
         let name = match config.name.clone() {
             Some(n) => n,
@@ -190,9 +259,12 @@ impl Manager {
             let _g = self.image_lock.lock().await;
             let mgr = self.clone();
             let inst = instance.clone();
-            tokio::task::spawn_blocking(move || mgr.prepare_files(&inst))
-                .await
-                .map_err(|e| ManagerError::Internal(e.to_string()))?
+            tokio::task::spawn_blocking(move || {
+                mgr.hold_image(&inst.id, &image)?;
+                mgr.prepare_files(&inst)
+            })
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
         };
         if let Err(e) = prepared {
             let mgr = self.clone();
@@ -210,8 +282,8 @@ impl Manager {
     fn prepare_files(&self, inst: &Instance) -> Result<(), ManagerError> {
         let dir = self.cfg.instance_dir(&inst.id);
         let store = self.image_store()?;
-        let image = store
-            .find(&inst.image_id)
+        let image = self
+            .held_image(&store, &inst.id, &inst.image_id)
             .map_err(|e| ManagerError::Internal(format!("Image {} of {}: {e}", inst.image, inst.name)))?;
         let snapshot = Snapshot::at(&dir);
         let rootfs = if snapshot.is_mounted() {
@@ -259,6 +331,11 @@ impl Manager {
             .remove()
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         let _ = std::fs::remove_file(self.cfg.attach_socket(id));
+        if let Ok(store) = self.image_store() {
+            store
+                .release(&images::holder(id))
+                .map_err(|e| ManagerError::Internal(format!("Cannot release the image of {id}: {e}")))?;
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -139,6 +139,16 @@ impl Manager {
                 let _ = std::fs::remove_file(self.cfg.supervisors_dir().join(&name));
             }
         }
+        if let Ok(store) = self.image_store() {
+            for holder in store.holders().unwrap_or_default() {
+                let Some(id) = holder.strip_prefix("instance/") else {
+                    continue;
+                };
+                if !known.contains(id) && store.release(&holder).is_ok() {
+                    lines.push(format!("{id}: released the image no instance holds any more"));
+                }
+            }
+        }
         let parent = self.cfg.cgroup_parent();
         if let Ok(cg) =
             vessel_runtime::cgroups::Cgroup::resolve(Some(std::path::Path::new(&parent)), "parent", false)
