@@ -178,6 +178,23 @@ pub struct InstanceConfig {
     /// Seconds `stop` waits before SIGKILL (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
+    /// "host": the host's user ids; "auto": a user namespace of its own, root inside being an unprivileged
+    /// host uid from vesseld's subordinate range (see `InstanceState.idmap`). Default: vesseld's
+    /// `--userns-default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<String>,
+    /// Bind mounts from the host: HOST_PATH:CONTAINER_PATH[:ro] (both absolute).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+}
+
+/// The host ids an instance's user namespace maps: its ids 0..size are host uids uid..uid+size (gids alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IdMap {
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u32,
 }
 
 /// An instance's life cycle as vesseld records it.
@@ -260,6 +277,9 @@ pub struct InstanceState {
     /// Set by `stop` (and `kill`): the restart policy `unless-stopped` leaves it down, also after a host restart.
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// Its user namespace's mapping (userns auto), given at create and kept for its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idmap: Option<IdMap>,
 }
 
 /// `GET /1.0/instances/NAME` and each entry of `GET /1.0/instances`.

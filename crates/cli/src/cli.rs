@@ -102,6 +102,12 @@ pub struct CreateArgs {
     /// A tmpfs mount: PATH[:OPTIONS].
     #[arg(long)]
     pub tmpfs: Vec<String>,
+    /// A bind mount from the host: HOST_PATH:CONTAINER_PATH[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// User namespace: host, or auto (its own subordinate ids: root inside is unprivileged on the host).
+    #[arg(long, value_parser = ["host", "auto"])]
+    pub userns: Option<String>,
     /// Run a reaper (tini) as PID 1 that starts the command, passes signals on and reaps orphans.
     #[arg(long)]
     pub init: bool,

@@ -105,6 +105,8 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
         cap_drop: a.cap_drop.clone(),
         ulimits: a.ulimit.iter().map(|u| ulimit(u)).collect::<Result<_>>()?,
         tmpfs: a.tmpfs.clone(),
+        volumes: a.volume.clone(),
+        userns: a.userns.clone(),
         init: a.init,
         auto_remove: a.rm,
         stop_signal: a.stop_signal.clone(),

@@ -274,3 +274,80 @@ fn restart_policies_restart_with_back_off_and_respect_stop() {
     );
     d.assert_clean_after_rm_all();
 }
+
+/// The host uid of a process (the real uid on its Uid: line).
+fn host_uid(pid: u64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn userns_auto_makes_root_inside_an_unprivileged_uid_outside() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start("userns");
+    let host_dir = d.base.join("hostdir");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let file = host_dir.join("file");
+    std::fs::write(&file, "secret\n").unwrap();
+    let volume = format!("{}:/h", host_dir.display());
+    d.ok(&[
+        "run", "-d", "--name", "u1", "--userns", "auto", "-v", &volume, IMAGE, "sleep", "300",
+    ]);
+    let inst = d.inspect("u1");
+    let uid = inst["state"]["idmap"]["uid"].as_u64().unwrap() as u32;
+    assert!(uid >= 65536, "a subordinate uid: {inst}");
+    assert_eq!(inst["state"]["idmap"]["size"], 65536);
+    // Inside it is root, and the image's files are root's; outside it is the unprivileged uid.
+    assert_eq!(d.ok(&["exec", "u1", "id", "-u"]).trim(), "0");
+    assert_eq!(
+        d.ok(&["exec", "u1", "stat", "-c", "%u:%g", "/bin/busybox"])
+            .trim(),
+        "0:0"
+    );
+    let pid = inst["state"]["pid"].as_u64().unwrap();
+    assert_eq!(host_uid(pid), uid, "the instance's root on the host");
+    // A host file owned by root (mode 0644) cannot be written by the instance's root...
+    let out = d.vessel(&["exec", "u1", "sh", "-c", "echo pwned >> /h/file"]);
+    assert!(!out.status.success(), "root inside wrote a host root's file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "secret\n");
+    // ...which an instance on the host's ids can (the contrast that shows the namespace is what stops it).
+    d.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &volume,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo host-ids >> /h/file",
+    ]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "secret\nhost-ids\n");
+    // What it writes is owned by its own uid on the host, and survives a restart.
+    d.ok(&["exec", "u1", "touch", "/made"]);
+    let id = inst["id"].as_str().unwrap();
+    let made = d.root.join("instances").join(id).join("upper/made");
+    assert_eq!(std::fs::metadata(&made).unwrap().uid(), uid);
+    d.ok(&["restart", "-t", "0", "u1"]);
+    assert_eq!(d.ok(&["exec", "u1", "stat", "-c", "%u", "/made"]).trim(), "0");
+    // A second instance gets a block of its own.
+    d.ok(&[
+        "run", "-d", "--name", "u2", "--userns", "auto", IMAGE, "sleep", "300",
+    ]);
+    let uid2 = d.inspect("u2")["state"]["idmap"]["uid"].as_u64().unwrap() as u32;
+    assert!(uid2.abs_diff(uid) >= 65536, "{uid} and {uid2} overlap");
+    let (status, text) = d.api(
+        "POST",
+        "/1.0/instances",
+        r#"{"image":"t/busybox","userns":"maybe"}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("maybe"), "{text}");
+    let (status, text) = d.api(
+        "POST",
+        "/1.0/instances",
+        r#"{"image":"t/busybox","volumes":["rel:/x"]}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+    d.assert_clean_after_rm_all();
+}

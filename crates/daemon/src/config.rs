@@ -20,6 +20,8 @@ pub struct DaemonConfig {
     pub log_max_files: u32,
     /// Registries pulled from and pushed to over plain HTTP (or unverified TLS), besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// An instance's user namespace when its config names none: "host" or "auto".
+    pub userns_default: String,
 }
 
 /// The part of an instance id that names its files in the supervisors' directory.
@@ -41,6 +43,7 @@ impl DaemonConfig {
             log_max_size: 10 << 20,
             log_max_files: 3,
             insecure_registries: Vec::new(),
+            userns_default: "host".into(),
         }
     }
 

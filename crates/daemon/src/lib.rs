@@ -23,6 +23,7 @@ pub struct DaemonArgs {
     pub log_max_size: u64,
     pub log_max_files: u32,
     pub insecure_registries: Vec<String>,
+    pub userns_default: String,
     /// The API on TCP too (TLS, authenticated).
     pub tcp: Option<tls::TcpConfig>,
 }
@@ -36,6 +37,7 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
     cfg.log_max_size = a.log_max_size;
     cfg.log_max_files = a.log_max_files;
     cfg.insecure_registries = a.insecure_registries;
+    cfg.userns_default = a.userns_default;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

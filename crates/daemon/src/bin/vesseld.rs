@@ -49,6 +49,10 @@ struct Args {
     /// Registries on loopback always are.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
+    /// User namespace of instances that do not choose: host (the host's ids) or auto (each its own block of
+    /// subordinate ids, root inside unprivileged outside).
+    #[arg(long = "userns-default", default_value = "host", value_parser = ["host", "auto"])]
+    userns_default: String,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         log_max_size: args.log_max_size,
         log_max_files: args.log_max_files,
         insecure_registries: args.insecure_registry,
+        userns_default: args.userns_default,
         tcp: args.listen_tcp.map(|addr| vessel_daemon::tls::TcpConfig {
             addr,
             cert: args.tls_cert.clone().unwrap_or_default(),

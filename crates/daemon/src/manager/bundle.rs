@@ -51,6 +51,29 @@ pub enum BundleError {
     BadTmpfs(String),
     #[error("--init needs {INIT_BINARY} on the host (apt-get install tini)")]
     NoInit,
+    #[error(
+        "Invalid volume {0:?}: use HOST_PATH:CONTAINER_PATH[:ro], both absolute, the host path existing"
+    )]
+    BadVolume(String),
+    #[error("Invalid userns {0:?}: use host or auto")]
+    BadUserns(String),
+}
+
+/// A bind mount as `-v` writes it: (host path, container path, read-only).
+pub fn parse_volume(v: &str) -> Result<(&str, &str, bool), BundleError> {
+    let bad = || BundleError::BadVolume(v.to_string());
+    let mut parts = v.split(':');
+    let (host, dest) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    let ro = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(_) => return Err(bad()),
+    };
+    if parts.next().is_some() || !host.starts_with('/') || !dest.starts_with('/') || !Path::new(host).exists()
+    {
+        return Err(bad());
+    }
+    Ok((host, dest, ro))
 }
 
 /// Checks what can be checked without the image: env, limits, capabilities, ulimits, tmpfs, restart policy.
@@ -82,6 +105,14 @@ pub fn validate(c: &InstanceConfig) -> Result<(), BundleError> {
     for t in &c.tmpfs {
         if !t.starts_with('/') {
             return Err(BundleError::BadTmpfs(t.clone()));
+        }
+    }
+    for v in &c.volumes {
+        parse_volume(v)?;
+    }
+    if let Some(u) = &c.userns {
+        if u != "host" && u != "auto" {
+            return Err(BundleError::BadUserns(u.clone()));
         }
     }
     if c.init && !Path::new(INIT_BINARY).exists() {
@@ -229,6 +260,7 @@ pub fn runtime_config(
     image: &ImageConfiguration,
     rootfs: &Path,
     cgroup_path: &str,
+    idmap: Option<vessel_api::IdMap>,
 ) -> Result<Value, BundleError> {
     let ic = image.config().clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &c.entrypoint {
@@ -326,8 +358,22 @@ pub fn runtime_config(
             mounts
                 .push(json!({ "destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options }));
         }
+        for v in &c.volumes {
+            let (host, dest, ro) = parse_volume(v)?;
+            let mode = if ro { "ro" } else { "rw" };
+            mounts.push(json!({ "destination": dest, "type": "bind", "source": host,
+                "options": ["rbind", mode, "nosuid", "nodev"] }));
+        }
     }
     let linux = &mut spec["linux"];
+    if let Some(m) = idmap {
+        // Its own user namespace: root inside is host uid m.uid, with no privilege over the host's files.
+        if let Some(ns) = linux["namespaces"].as_array_mut() {
+            ns.push(json!({ "type": "user" }));
+        }
+        linux["uidMappings"] = json!([{ "containerID": 0, "hostID": m.uid, "size": m.size }]);
+        linux["gidMappings"] = json!([{ "containerID": 0, "hostID": m.gid, "size": m.size }]);
+    }
     linux["cgroupsPath"] = json!(cgroup_path);
     let mut res = resources(&c.limits);
     res["devices"] = json!([{ "allow": false, "access": "rwm" }]);

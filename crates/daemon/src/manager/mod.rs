@@ -7,6 +7,7 @@
 
 pub mod bundle;
 mod error;
+mod idmap;
 mod images;
 mod lifecycle;
 mod names;
@@ -220,6 +221,7 @@ impl Manager {
         image: vessel_image::store::ImageRecord,
     ) -> Result<Instance, ManagerError> {
         let (image_name, image_id) = (image.name.clone(), image.config.to_string());
+        let userns_auto = config.userns.as_deref().unwrap_or(&self.cfg.userns_default) == "auto";
         let id = names::random_id()?;
         let name = match config.name.clone() {
             Some(n) => n,
@@ -242,19 +244,34 @@ impl Manager {
                 finished_at: None,
                 restart_count: 0,
                 stopped_by_user: false,
+                idmap: None,
             },
         };
-        self.store
-            .insert(&Record {
-                instance: instance.clone(),
-                supervisor: None,
-            })
-            .map_err(|e| match e {
-                StoreError::NameTaken(n) => {
-                    ManagerError::Conflict(format!("The name {n:?} is already in use by another instance"))
-                }
-                e => e.into(),
-            })?;
+        let mut instance = instance;
+        {
+            // Allocation and insert under one lock: two creates never get the same id block.
+            let _g = self.state_write.lock().unwrap_or_else(|p| p.into_inner());
+            if userns_auto {
+                let used: Vec<vessel_api::IdMap> = self
+                    .store
+                    .list()?
+                    .iter()
+                    .filter_map(|r| r.instance.state.idmap)
+                    .collect();
+                instance.state.idmap = Some(idmap::allocate(&used)?);
+            }
+            self.store
+                .insert(&Record {
+                    instance: instance.clone(),
+                    supervisor: None,
+                })
+                .map_err(|e| match e {
+                    StoreError::NameTaken(n) => ManagerError::Conflict(format!(
+                        "The name {n:?} is already in use by another instance"
+                    )),
+                    e => e.into(),
+                })?;
+        }
         let prepared = {
             let _g = self.image_lock.lock().await;
             let mgr = self.clone();
@@ -292,9 +309,20 @@ impl Manager {
             let lowers = store
                 .layer_dirs(&image)
                 .map_err(|e| ManagerError::Internal(format!("Image {}: {e}", inst.image)))?;
-            vessel_image::snapshot::mount_snapshot(&lowers, &dir)
-                .map_err(|e| ManagerError::Internal(e.to_string()))?
-                .rootfs
+            match &inst.state.idmap {
+                Some(m) => {
+                    let userns = idmap::user_namespace(m)?;
+                    vessel_image::snapshot::mount_snapshot_idmapped(
+                        &lowers,
+                        &dir,
+                        std::os::fd::AsFd::as_fd(&userns),
+                        (m.uid, m.gid),
+                    )
+                }
+                None => vessel_image::snapshot::mount_snapshot(&lowers, &dir),
+            }
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+            .rootfs
         };
         let image_config = store
             .config(&image)
@@ -306,6 +334,7 @@ impl Manager {
             &image_config,
             &rootfs,
             &self.cfg.cgroup_path(&inst.id),
+            inst.state.idmap,
         )?;
         let path = dir.join("config.json");
         crate::supervisor::write_atomic(&path, &serde_json::to_vec_pretty(&spec).unwrap_or_default())

@@ -259,6 +259,7 @@ mod tests {
                     finished_at: None,
                     restart_count: 0,
                     stopped_by_user: false,
+                    idmap: None,
                 },
             },
             supervisor: None,

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+mod idmapped;
+pub use idmapped::mount_snapshot_idmapped;
+
 /// An instance's mounted overlay root. Dropping it does nothing: [`Snapshot::remove`] unmounts and deletes.
 #[derive(Debug)]
 pub struct Snapshot {
