@@ -289,3 +289,33 @@ fn terminal_sessions_get_a_pty_with_the_clients_size() {
         "input did not reach the instance: {text}"
     );
 }
+
+#[test]
+fn exec_with_a_terminal_gets_a_pty_the_size_input_and_exit_code() {
+    let d = Daemon::start("exectty");
+    d.ok(&["run", "-d", "--name", "box", IMAGE, "sleep", "300"]);
+    let cmd = format!(
+        "stty cols 77 rows 22; {} --root {} --host unix://{} exec -it box sh -c 'tty; stty size; read line; echo got:$line; exit 7'",
+        env!("CARGO_BIN_EXE_vessel"),
+        d.root.display(),
+        d.socket().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils) runs");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "the exit code passes through: {text}");
+    assert!(text.contains("/dev/pts/"), "no terminal for the exec: {text}");
+    assert!(
+        text.contains("22 77"),
+        "the terminal size did not reach the exec: {text}"
+    );
+    assert!(text.contains("got:typed"), "input did not reach the exec: {text}");
+    d.assert_clean_after_rm_all();
+}

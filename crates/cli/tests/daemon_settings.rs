@@ -315,6 +315,8 @@ fn userns_auto_makes_root_inside_an_unprivileged_uid_outside() {
     d.ok(&[
         "run",
         "--rm",
+        "--userns",
+        "host",
         "-v",
         &volume,
         IMAGE,

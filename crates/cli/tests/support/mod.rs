@@ -112,6 +112,11 @@ impl Daemon {
             .arg("--name")
             .arg(&self.name)
             .args(&self.extra_args)
+            // VESSEL_TEST_USERNS=auto runs every test's instances in user namespaces of their own.
+            .args(match std::env::var("VESSEL_TEST_USERNS").as_deref() {
+                Ok("auto") => &["--userns-default", "auto"][..],
+                _ => &[][..],
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -277,7 +282,13 @@ impl Daemon {
     pub fn assert_clean_after_rm_all(&self) {
         let ids = self.ok(&["ps", "-a", "-q"]);
         for id in ids.lines() {
-            self.ok(&["rm", "-f", id]);
+            let out = self.vessel(&["rm", "-f", id]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            // An --rm instance can finish removing itself between the list and this.
+            assert!(
+                out.status.success() || err.contains("No such instance"),
+                "rm -f {id}: {err}"
+            );
         }
         let left = self.leftovers();
         assert!(left.is_empty(), "left on the host: {left:#?}");

@@ -365,6 +365,14 @@ impl Manager {
                 .release(&images::holder(id))
                 .map_err(|e| ManagerError::Internal(format!("Cannot release the image of {id}: {e}")))?;
         }
+        // Never delete through a mount (a shared image layer could be behind it).
+        if let Some(m) = vessel_image::snapshot::mounts_under(&dir).first() {
+            return Err(ManagerError::Internal(format!(
+                "Cannot remove {}: {} is still mounted",
+                dir.display(),
+                m.display()
+            )));
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -80,6 +80,23 @@ fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Detach idmapped layer mounts a crash left attached under `instance_dir`, and remove their empty dirs.
+pub(super) fn detach_staging(instance_dir: &Path) {
+    let staging = instance_dir.join(IDMAPPED);
+    if !staging.exists() {
+        return;
+    }
+    let mut mounts = super::mounts_under(&staging);
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for m in mounts {
+        let _ = umount2(&m, MntFlags::MNT_DETACH);
+    }
+    for e in fs::read_dir(&staging).into_iter().flatten().flatten() {
+        let _ = fs::remove_dir(e.path());
+    }
+    let _ = fs::remove_dir(&staging);
+}
+
 /// Like [`mount_snapshot`], with every lower dir idmapped through `userns` (a user namespace whose mapping
 /// is the instance's) and the upper dir's root owned by `owner` (the host ids of the namespace's root).
 pub fn mount_snapshot_idmapped(

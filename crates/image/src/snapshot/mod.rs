@@ -170,6 +170,33 @@ pub fn mount_snapshot(lowers: &[PathBuf], instance_dir: &Path) -> Result<Snapsho
     r.map(|_| snapshot).map_err(mount_err)
 }
 
+/// Mount points at or under `dir` in this mount namespace (mountinfo's octal escapes decoded).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(p))))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 impl Snapshot {
     /// The snapshot of `instance_dir`, mounted or not (to remove one left by an earlier process).
     pub fn at(instance_dir: &Path) -> Snapshot {
@@ -212,6 +239,15 @@ impl Snapshot {
         }
         if self.is_mounted() {
             return Err(unmount_err(io::Error::from_raw_os_error(libc::EBUSY)));
+        }
+        // Idmapped layer mounts a crash left attached: detached first, so that no removal below can reach
+        // into a shared layer.
+        idmapped::detach_staging(&self.instance_dir);
+        if let Some(m) = mounts_under(&self.instance_dir).first() {
+            return Err(SnapshotError::Unmount {
+                rootfs: m.clone(),
+                source: io::Error::from_raw_os_error(libc::EBUSY),
+            });
         }
         for name in [UPPER, WORK, EMPTY_LOWER] {
             let p = self.instance_dir.join(name);
@@ -302,6 +338,12 @@ fn mount_overlay(cwd: Option<&OwnedFd>, data: &str, target: &Path) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape("/a\\040b\\134c"), b"/a b\\c");
+        assert_eq!(unescape("/plain\\9"), b"/plain\\9");
+    }
 
     #[test]
     fn escaping_and_common_parent() {
