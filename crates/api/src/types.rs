@@ -101,6 +101,25 @@ pub struct Limits {
     /// Block I/O weight (10..1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blkio_weight: Option<u16>,
+    /// Block I/O throttles per device: bytes per second read / written, operations per second. A rate of
+    /// 0 removes a device's throttle (in `update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_read_bps: Option<Vec<DeviceRate>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_write_bps: Option<Vec<DeviceRate>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_read_iops: Option<Vec<DeviceRate>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_write_iops: Option<Vec<DeviceRate>>,
+}
+
+/// A throttle on one block device (a whole disk, by its path on vesseld's host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRate {
+    pub path: String,
+    pub rate: u64,
 }
 
 /// One resource limit of the process (`--ulimit nofile=1024:2048`).

@@ -188,6 +188,18 @@ pub struct LimitArgs {
     /// Block I/O weight (10..1000).
     #[arg(long = "blkio-weight")]
     pub blkio_weight: Option<u16>,
+    /// Read rate from a disk, DEVICE:RATE (e.g. /dev/vda:10mb); repeatable.
+    #[arg(long = "device-read-bps")]
+    pub device_read_bps: Vec<String>,
+    /// Write rate to a disk, DEVICE:RATE; repeatable.
+    #[arg(long = "device-write-bps")]
+    pub device_write_bps: Vec<String>,
+    /// Read operations per second from a disk, DEVICE:N; repeatable.
+    #[arg(long = "device-read-iops")]
+    pub device_read_iops: Vec<String>,
+    /// Write operations per second to a disk, DEVICE:N; repeatable.
+    #[arg(long = "device-write-iops")]
+    pub device_write_iops: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -27,6 +27,29 @@ fn bytes(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
         .transpose()
 }
 
+/// DEVICE:RATE flags (a size such as 10mb for bytes, a plain number for operations); none given: unset.
+fn rates(flag: &str, v: &[String], sizes: bool) -> Result<Option<Vec<vessel_api::DeviceRate>>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.iter()
+        .map(|s| {
+            let bad = || anyhow!("Invalid {flag} {s:?}: use DEVICE:RATE, e.g. /dev/vda:10mb");
+            let (path, rate) = s.rsplit_once(':').ok_or_else(bad)?;
+            let rate = if sizes {
+                vessel_runtime::units::parse_bytes(rate).map_err(|_| bad())?
+            } else {
+                rate.parse::<i64>().map_err(|_| bad())?
+            };
+            Ok(vessel_api::DeviceRate {
+                path: path.to_string(),
+                rate: u64::try_from(rate).map_err(|_| bad())?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 fn limits_of(l: &LimitArgs) -> Result<Limits> {
     Ok(Limits {
         memory: bytes("--memory", &l.memory)?,
@@ -36,6 +59,10 @@ fn limits_of(l: &LimitArgs) -> Result<Limits> {
         cpuset_cpus: l.cpuset_cpus.clone(),
         pids: l.pids_limit,
         blkio_weight: l.blkio_weight,
+        device_read_bps: rates("--device-read-bps", &l.device_read_bps, true)?,
+        device_write_bps: rates("--device-write-bps", &l.device_write_bps, true)?,
+        device_read_iops: rates("--device-read-iops", &l.device_read_iops, false)?,
+        device_write_iops: rates("--device-write-iops", &l.device_write_iops, false)?,
     })
 }
 

@@ -5,10 +5,10 @@
 use axum::Json;
 use utoipa::OpenApi;
 use vessel_api::{
-    ErrorBody, Event, ExecConfig, Image, ImageDetail, Info, Instance, InstanceConfig, InstanceState,
-    InstanceUpdate, Kind, Limits, LogRecord, Operation, OperationProgress, OperationStatus, PruneResult,
-    PullRequest, PushRequest, RegistryAuth, Rename, RestartPolicy, StateChange, Stats, Status, TagRequest,
-    Top, Ulimit, WaitResult,
+    DeviceRate, ErrorBody, Event, ExecConfig, Image, ImageDetail, Info, Instance, InstanceConfig,
+    InstanceState, InstanceUpdate, Kind, Limits, LogRecord, Operation, OperationProgress, OperationStatus,
+    PruneResult, PullRequest, PushRequest, RegistryAuth, Rename, RestartPolicy, StateChange, Stats, Status,
+    TagRequest, Top, Ulimit, WaitResult,
 };
 
 #[derive(OpenApi)]
@@ -76,7 +76,8 @@ use vessel_api::{
         PullRequest,
         PushRequest,
         RegistryAuth,
-        TagRequest
+        TagRequest,
+        DeviceRate
     ))
 )]
 pub struct ApiDoc;

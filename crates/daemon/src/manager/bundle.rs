@@ -167,6 +167,9 @@ pub fn validate_limits(l: &Limits) -> Result<(), BundleError> {
             return Err(BundleError::BadLimit(format!("blkio-weight {w}: use 10 to 1000")));
         }
     }
+    for rates in throttles(l).into_iter().flat_map(|(_, r)| r) {
+        block_device(&rates.path)?;
+    }
     if let Some(cpus) = &l.cpuset_cpus {
         let ok = !cpus.is_empty()
             && cpus.split(',').all(|part| {
@@ -246,10 +249,53 @@ pub fn resources(l: &Limits) -> Value {
     if let Some(p) = l.pids {
         r["pids"] = json!({ "limit": p });
     }
+    let mut io = json!({});
     if let Some(w) = l.blkio_weight {
-        r["blockIO"] = json!({ "weight": w });
+        io["weight"] = json!(w);
+    }
+    for (key, rates) in throttles(l) {
+        // Checked at validation; a device gone since then is left out rather than failing a start.
+        let list: Vec<Value> = rates
+            .iter()
+            .filter_map(|d| {
+                let (major, minor) = block_device(&d.path).ok()?;
+                Some(json!({ "major": major, "minor": minor, "rate": d.rate }))
+            })
+            .collect();
+        io[key] = json!(list);
+    }
+    if io.as_object().is_some_and(|o| !o.is_empty()) {
+        r["blockIO"] = io;
     }
     r
+}
+
+/// The throttle lists a limit sets, under their OCI names.
+fn throttles(l: &Limits) -> Vec<(&'static str, &Vec<vessel_api::DeviceRate>)> {
+    [
+        ("throttleReadBpsDevice", &l.device_read_bps),
+        ("throttleWriteBpsDevice", &l.device_write_bps),
+        ("throttleReadIOPSDevice", &l.device_read_iops),
+        ("throttleWriteIOPSDevice", &l.device_write_iops),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect()
+}
+
+/// A whole block device's (major, minor): throttles apply to disks, not partitions.
+pub fn block_device(path: &str) -> Result<(u64, u64), BundleError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let bad = |why: &str| BundleError::BadLimit(format!("device {path:?}: {why}"));
+    let md = std::fs::metadata(path).map_err(|e| bad(&e.to_string()))?;
+    if !md.file_type().is_block_device() {
+        return Err(bad("not a block device"));
+    }
+    let (major, minor) = (libc::major(md.rdev()) as u64, libc::minor(md.rdev()) as u64);
+    if Path::new(&format!("/sys/dev/block/{major}:{minor}/partition")).exists() {
+        return Err(bad("a partition: throttle its whole disk"));
+    }
+    Ok((major, minor))
 }
 
 /// The full config.json of an instance whose root filesystem is mounted at `rootfs`.

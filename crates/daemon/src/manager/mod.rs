@@ -522,7 +522,11 @@ fn merge_limits(into: &mut vessel_api::Limits, from: &vessel_api::Limits) {
         cpu_shares,
         cpuset_cpus,
         pids,
-        blkio_weight
+        blkio_weight,
+        device_read_bps,
+        device_write_bps,
+        device_read_iops,
+        device_write_iops
     );
 }
 
