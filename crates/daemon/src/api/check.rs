@@ -2,7 +2,7 @@
 //! (`fuzz/`) and tests drive these with arbitrary input; the handlers use the same functions.
 
 use vessel_api::frames::Decoder;
-use vessel_api::{ExecConfig, InstanceConfig, InstanceUpdate, Rename, StateChange};
+use vessel_api::{ExecConfig, InstanceConfig, InstanceUpdate, PullRequest, Rename, StateChange, TagRequest};
 
 /// The request inputs that are parsed and validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +18,12 @@ pub enum Input {
     Since,
     /// Frames of an attach or exec stream.
     Frames,
+    PullBody,
+    TagBody,
 }
 
 impl Input {
-    pub const ALL: [Input; 8] = [
+    pub const ALL: [Input; 10] = [
         Input::CreateBody,
         Input::StateBody,
         Input::UpdateBody,
@@ -30,6 +32,8 @@ impl Input {
         Input::Filters,
         Input::Since,
         Input::Frames,
+        Input::PullBody,
+        Input::TagBody,
     ];
 }
 
@@ -83,6 +87,16 @@ pub fn check(input: Input, bytes: &[u8]) -> Result<(), String> {
             while d.next_frame().map_err(|e| e.to_string())?.is_some() {}
             Ok(())
         }
+        Input::PullBody => {
+            let p: PullRequest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            crate::manager::validate_pull(&p).map_err(|e| e.to_string())
+        }
+        Input::TagBody => {
+            let t: TagRequest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            vessel_image::store::normalize_name(&t.name)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -102,6 +116,18 @@ mod tests {
         assert!(check(Input::RenameBody, br#"{"name":"../x"}"#).is_err());
         assert!(check(Input::Since, b"10q").is_err());
         assert!(check(Input::Frames, &[7, 0, 0, 0, 0]).is_err());
+        assert!(check(Input::PullBody, br#"{"reference":"UPPER:::"}"#).is_err());
+        assert!(check(
+            Input::PullBody,
+            br#"{"reference":"a/b","registry":{"platform":"linux"}}"#
+        )
+        .is_err());
+        assert!(check(
+            Input::PullBody,
+            br#"{"reference":"a/b","registry":{"platform":"linux/arm64/v8"}}"#
+        )
+        .is_ok());
+        assert!(check(Input::TagBody, br#"{"name":"Bad Name"}"#).is_err());
         // Not UTF-8 nor JSON; for frames, an incomplete header waits for more bytes.
         for input in Input::ALL.into_iter().filter(|i| *i != Input::Frames) {
             assert!(check(input, b"\xff\xfe").is_err(), "{input:?}");

@@ -42,6 +42,27 @@ pub fn parse_reference(s: &str) -> Result<Reference, ManagerError> {
     Reference::parse(s).map_err(|e| ManagerError::Invalid(format!("Invalid image reference {s:?}: {e}")))
 }
 
+/// OS/ARCH[/VARIANT] → (os, arch[/variant]).
+pub fn parse_platform(p: &str) -> Result<(String, String), ManagerError> {
+    match p.split_once('/') {
+        Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.ends_with('/') => {
+            Ok((os.into(), arch.into()))
+        }
+        _ => Err(ManagerError::Invalid(format!(
+            "Bad platform {p:?}: use OS/ARCH[/VARIANT]"
+        ))),
+    }
+}
+
+/// What a pull request is checked for before anything is fetched.
+pub fn validate_pull(req: &PullRequest) -> Result<(), ManagerError> {
+    parse_reference(&req.reference)?;
+    if let Some(p) = &req.registry.platform {
+        parse_platform(p)?;
+    }
+    Ok(())
+}
+
 /// A registry on loopback is always insecure (as dockerd treats 127.0.0.0/8): plain HTTP there never
 /// leaves the host.
 fn is_loopback(registry: &str) -> bool {
@@ -93,17 +114,7 @@ impl Manager {
             ..Default::default()
         };
         if let Some(p) = &auth.platform {
-            let mut parts = p.splitn(2, '/');
-            match (parts.next(), parts.next()) {
-                (Some(os), Some(arch)) if !os.is_empty() && !arch.is_empty() => {
-                    o.platform = (os.into(), arch.into())
-                }
-                _ => {
-                    return Err(ManagerError::Invalid(format!(
-                        "Bad platform {p:?}: use OS/ARCH[/VARIANT]"
-                    )))
-                }
-            }
+            o.platform = parse_platform(p)?;
         }
         Ok(o)
     }
@@ -207,6 +218,7 @@ impl Manager {
 
     /// `POST /1.0/images/pull`: an operation whose result is the Image.
     pub fn pull(self: &Arc<Self>, req: PullRequest) -> Result<Operation, ManagerError> {
+        validate_pull(&req)?;
         let reference = parse_reference(&req.reference)?;
         let opts = self.registry_options(&reference.registry, &req.registry)?;
         let image = reference.to_string();

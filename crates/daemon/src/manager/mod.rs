@@ -25,7 +25,7 @@ use vessel_api::{Event, Instance, InstanceConfig, InstanceState, Kind, Status};
 use vessel_image::snapshot::Snapshot;
 
 pub use error::ManagerError;
-pub use images::parse_reference;
+pub use images::{parse_reference, validate_pull};
 pub use names::random_id;
 pub use streams::{ExecSession, LogQuery};
 

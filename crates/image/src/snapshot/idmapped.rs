@@ -126,7 +126,7 @@ pub fn mount_snapshot_idmapped(
         for (i, lower) in lowers.iter().enumerate() {
             let target = staging.join(i.to_string());
             create(&target)?;
-            let err = |source| SnapshotError::Lower {
+            let err = |source| SnapshotError::Idmap {
                 path: lower.clone(),
                 source,
             };

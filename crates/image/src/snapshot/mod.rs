@@ -39,6 +39,11 @@ pub enum SnapshotError {
     BadPath { path: PathBuf },
     #[error("Too many layers ({count}) for one overlay mount: the mount options exceed {limit} bytes")]
     TooManyLayers { count: usize, limit: usize },
+    #[error(
+        "Cannot show layer {path} through an idmapped mount (a user namespace of its own needs a kernel and \
+         filesystem with idmapped mounts; --userns host does without): {source}"
+    )]
+    Idmap { path: PathBuf, source: io::Error },
     #[error("{rootfs} is already a mount point")]
     AlreadyMounted { rootfs: PathBuf },
     #[error("Cannot mount the overlay at {rootfs}: {source}")]
