@@ -387,9 +387,12 @@ fn block_io_throttles_slow_direct_writes_and_change_live() {
     let volume = format!("{}:/w", dir.display());
     // 2 MiB written with O_DIRECT (this host's v1 throttle misses buffered writes) at 1 MiB/s.
     let started = std::time::Instant::now();
+    // The host's ids: the directory is host root's (an instance in its own user namespace could not write it).
     d.ok(&[
         "run",
         "--rm",
+        "--userns",
+        "host",
         "--device-write-bps",
         &format!("{disk}:1mb"),
         "-v",

@@ -43,7 +43,7 @@ impl DaemonConfig {
             log_max_size: 10 << 20,
             log_max_files: 3,
             insecure_registries: Vec::new(),
-            userns_default: "host".into(),
+            userns_default: "auto".into(),
         }
     }
 

@@ -112,8 +112,9 @@ impl Daemon {
             .arg("--name")
             .arg(&self.name)
             .args(&self.extra_args)
-            // VESSEL_TEST_USERNS=auto runs every test's instances in user namespaces of their own.
+            // VESSEL_TEST_USERNS=host runs every test's instances on the host's ids (auto is vesseld's default).
             .args(match std::env::var("VESSEL_TEST_USERNS").as_deref() {
+                Ok("host") => &["--userns-default", "host"][..],
                 Ok("auto") => &["--userns-default", "auto"][..],
                 _ => &[][..],
             })

@@ -49,9 +49,9 @@ struct Args {
     /// Registries on loopback always are.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
-    /// User namespace of instances that do not choose: host (the host's ids) or auto (each its own block of
-    /// subordinate ids, root inside unprivileged outside).
-    #[arg(long = "userns-default", default_value = "host", value_parser = ["host", "auto"])]
+    /// User namespace of instances that do not choose: auto (each its own block of subordinate ids, root
+    /// inside unprivileged outside; needs idmapped mounts on the image store's filesystem) or host.
+    #[arg(long = "userns-default", default_value = "auto", value_parser = ["host", "auto"])]
     userns_default: String,
 }
 
