@@ -8,12 +8,17 @@ pub fn parse_rfc3339(s: &str) -> Option<Duration> {
     let (date, rest) = s.split_once(['T', 't', ' '])?;
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || rest.len() < 8 {
+    // Four-digit years and clock ranges (the fuzz target found both a slice inside a multi-byte character
+    // and arithmetic overflow from huge fields).
+    if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
-    let mut t = rest[..8].split(':').map(|x| x.parse::<i64>().ok());
+    let mut t = rest.get(..8)?.split(':').map(|x| x.parse::<i64>().ok());
     let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    let mut tail = &rest[8..];
+    if !(0..=23).contains(&hh) || !(0..=59).contains(&mm) || !(0..=60).contains(&ss) {
+        return None;
+    }
+    let mut tail = rest.get(8..)?;
     let mut nanos = 0u32;
     if let Some(frac) = tail.strip_prefix('.') {
         let digits: String = frac.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -33,8 +38,12 @@ pub fn parse_rfc3339(s: &str) -> Option<Duration> {
     match tail.chars().next() {
         Some('Z') | Some('z') | None => {}
         Some(sign @ ('+' | '-')) => {
-            let mut o = tail[1..].split(':').map(|x| x.parse::<i64>().unwrap_or(0));
-            let off = o.next().unwrap_or(0) * 3600 + o.next().unwrap_or(0) * 60;
+            let mut o = tail[1..].split(':').map(|x| x.parse::<i64>().ok());
+            let (oh, om) = (o.next()??, o.next().unwrap_or(Some(0))?);
+            if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
             secs -= if sign == '-' { -off } else { off };
         }
         Some(_) => return None,
@@ -45,6 +54,15 @@ pub fn parse_rfc3339(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_fuzz_target_found_is_refused_not_a_panic() {
+        assert_eq!(parse_rfc3339("86666-6-6-6ist(y--332\u{04cf}"), None);
+        assert_eq!(parse_rfc3339("2000-6-6-6ist(y--332\u{04cf}"), None);
+        assert_eq!(parse_rfc3339("99999999999999-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2000-01-01T99:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2000-01-01T00:00:00+9999999999999:00"), None);
+    }
 
     #[test]
     fn times_with_fractions_and_offsets() {

@@ -72,15 +72,23 @@ pub fn wait(c: &Client, op: Operation, show: Show) -> Result<Operation> {
         last_stage = op.description.clone();
     }
     let done = c.block_on(async {
-        let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+        let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         loop {
             let next = tokio::select! {
                 r = c.call_async::<Operation>(Method::GET, &path, NO_BODY) => r?,
-                _ = &mut interrupt, if !cancelling => {
+                _ = interrupts.recv() => {
+                    if cancelling {
+                        // A second Ctrl-C: stop waiting (the operation is vesseld's to finish or cancel).
+                        eprintln!("\nvessel: stopped waiting; `vessel operation show {}` tells how it ends", op.id);
+                        std::process::exit(130);
+                    }
                     cancelling = true;
-                    let _: Result<Operation> = c
+                    let cancel: Result<Operation> = c
                         .call_async(Method::DELETE, &format!("/1.0/operations/{}", encode(&op.id)), NO_BODY)
                         .await;
+                    if let Err(e) = cancel {
+                        eprintln!("\nvessel: cannot cancel: {e} (Ctrl-C again to stop waiting)");
+                    }
                     continue;
                 }
             };
@@ -103,6 +111,14 @@ pub fn wait(c: &Client, op: Operation, show: Show) -> Result<Operation> {
     if !quiet && tty && !shown.is_empty() {
         print("", true);
     }
+    // Ctrl-C ends the command again from here on (an attached `run` after a create that pulled).
+    // SAFETY: the default disposition runs no code of ours.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     match done.status {
         OperationStatus::Success => Ok(done),
         _ => Err(anyhow!(

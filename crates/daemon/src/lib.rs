@@ -30,7 +30,21 @@ pub struct DaemonArgs {
 
 /// Run the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run_daemon(a: DaemonArgs) -> ExitCode {
-    let mut cfg = config::DaemonConfig::new(a.root, a.run_dir, a.name);
+    // Canonical paths: mountinfo names mounts by them, and the check that nothing is mounted under a
+    // directory before it is removed compares against it.
+    let canonical = |p: PathBuf| -> Result<PathBuf, String> {
+        std::fs::create_dir_all(&p)
+            .and_then(|_| std::fs::canonicalize(&p))
+            .map_err(|e| format!("vesseld: cannot use {}: {e}", p.display()))
+    };
+    let (root, run_dir) = match (canonical(a.root), canonical(a.run_dir)) {
+        (Ok(r), Ok(d)) => (r, d),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut cfg = config::DaemonConfig::new(root, run_dir, a.name);
     if let Some(s) = a.supervisor {
         cfg.supervisor = s;
     }

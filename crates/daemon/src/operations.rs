@@ -46,9 +46,18 @@ impl OpHandle {
         self.progress(|p| p.stage = stage);
     }
 
-    /// From now on a cancel is refused (the work reached a point it finishes regardless).
-    pub fn no_more_cancel(&self) {
-        self.entry.op.lock().unwrap_or_else(|p| p.into_inner()).may_cancel = false;
+    /// From now on a cancel is refused (the work reached a point it finishes regardless); an error if one
+    /// already came, which the work then ends with.
+    pub fn no_more_cancel(&self) -> Result<(), ManagerError> {
+        let mut op = self.entry.op.lock().unwrap_or_else(|p| p.into_inner());
+        if self.cancelled() {
+            return Err(ManagerError::Cancelled(format!(
+                "{} was cancelled",
+                op.description
+            )));
+        }
+        op.may_cancel = false;
+        Ok(())
     }
 }
 
@@ -69,9 +78,14 @@ impl Operations {
     {
         self.purge();
         let now = vessel_runtime::clock::now_rfc3339();
+        // Random, so that ids are not guessed; a counter if /dev/urandom fails (ids stay unique either way).
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = crate::manager::random_id()
             .map(|id| id[..32].to_string())
-            .unwrap_or_else(|_| format!("{:032x}", Instant::now().elapsed().as_nanos()));
+            .unwrap_or_else(|_| {
+                let n = FALLBACK.fetch_add(1, Ordering::Relaxed);
+                format!("{:016x}{n:016x}", std::process::id())
+            });
         let op = Operation {
             id: id.clone(),
             kind: kind.into(),
@@ -137,10 +151,11 @@ impl Operations {
         Ok(snapshot(&entry))
     }
 
-    /// Ask a running operation to stop; it ends as `cancelled` at its next check.
+    /// Ask a running operation to stop; it ends as `cancelled` at its next check. Decided under the
+    /// operation's lock, so a cancel is never accepted after the work passed its point of no return.
     pub fn cancel(&self, id: &str) -> Result<Operation, ManagerError> {
         let entry = self.entry(id)?;
-        let op = snapshot(&entry);
+        let op = entry.op.lock().unwrap_or_else(|p| p.into_inner());
         if op.status.is_done() {
             return Err(ManagerError::Conflict(format!(
                 "Operation {id} has already ended ({})",
@@ -154,7 +169,7 @@ impl Operations {
             )));
         }
         entry.cancel.store(true, Ordering::Relaxed);
-        Ok(op)
+        Ok(op.clone())
     }
 
     /// Forget operations that ended long enough ago.
@@ -182,7 +197,7 @@ fn finish(entry: &Entry, outcome: OpResult) {
                 op.status = OperationStatus::Success;
                 op.result = result;
             }
-            Err(e) if entry.cancel.load(Ordering::Relaxed) => {
+            Err(ManagerError::Cancelled(e)) => {
                 op.status = OperationStatus::Cancelled;
                 op.error = Some(format!("Cancelled: {e}"));
             }
@@ -220,7 +235,7 @@ mod tests {
             while !h.cancelled() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(ManagerError::Internal("stopped".into()))
+            Err(ManagerError::Cancelled("stopped".into()))
         });
         let still = ops.wait(&slow.id, Duration::from_millis(20)).await.unwrap();
         assert_eq!(
@@ -233,5 +248,21 @@ mod tests {
         assert_eq!(ended.status, OperationStatus::Cancelled);
         assert!(ops.get("nope").is_err());
         assert_eq!(ops.list().len(), 2);
+
+        // Past its point of no return a cancel is refused; a failure after a cancel is still a failure.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let committed = ops.start("test", "committed".into(), vec![], |h| async move {
+            h.no_more_cancel()?;
+            let _ = rx.await;
+            Err(ManagerError::Internal("broke".into()))
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            ops.cancel(&committed.id).is_err(),
+            "a cancel after no_more_cancel is refused"
+        );
+        let _ = tx.send(());
+        let ended = ops.wait(&committed.id, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ended.status, OperationStatus::Failure);
     }
 }

@@ -39,6 +39,10 @@ impl Input {
 
 /// Parse and validate `bytes` as `input`: `Err` with the one-line message a client would get.
 pub fn check(input: Input, bytes: &[u8]) -> Result<(), String> {
+    check_raw(input, bytes).map_err(|m| super::one_line(&m))
+}
+
+fn check_raw(input: Input, bytes: &[u8]) -> Result<(), String> {
     match input {
         Input::CreateBody => {
             let mut c: InstanceConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
@@ -115,6 +119,13 @@ mod tests {
         assert!(check(Input::StateBody, br#"{"action":"kill","signal":"SIGNOPE"}"#).is_err());
         assert!(check(Input::RenameBody, br#"{"name":"../x"}"#).is_err());
         assert!(check(Input::Since, b"10q").is_err());
+        // Fuzz findings: seconds beyond what a Duration holds, and an hour count that overflows.
+        assert!(check(Input::Since, b"844077884407777777776667777777666").is_err());
+        assert!(check(Input::Since, b"inf").is_err());
+        assert!(
+            check(Input::Since, b"18446744073709551615h").is_ok(),
+            "an hour count that overflows means since the epoch"
+        );
         assert!(check(Input::Frames, &[7, 0, 0, 0, 0]).is_err());
         assert!(check(Input::PullBody, br#"{"reference":"UPPER:::"}"#).is_err());
         assert!(check(
@@ -128,6 +139,9 @@ mod tests {
         )
         .is_ok());
         assert!(check(Input::TagBody, br#"{"name":"Bad Name"}"#).is_err());
+        // Fuzz finding: serde quotes an unknown field's name, newline and all; the answer stays one line.
+        let msg = check(Input::PullBody, b"{\"referen\n\\  r {\"").unwrap_err();
+        assert!(!msg.contains('\n'), "{msg}");
         // Not UTF-8 nor JSON; for frames, an incomplete header waits for more bytes.
         for input in Input::ALL.into_iter().filter(|i| *i != Input::Frames) {
             assert!(check(input, b"\xff\xfe").is_err(), "{input:?}");

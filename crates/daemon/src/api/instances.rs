@@ -191,7 +191,7 @@ pub async fn delete(
         format!("Deleting {}", inst.name),
         vec![format!("/1.0/instances/{}", inst.name)],
         move |h| async move {
-            h.no_more_cancel();
+            h.no_more_cancel()?;
             mgr.delete(&id, force).await?;
             Ok(None)
         },

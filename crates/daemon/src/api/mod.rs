@@ -38,11 +38,28 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// An error message as one line: control characters a request smuggled in (serde quotes unknown field
+/// names, names echo back) are escaped.
+pub fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            message: one_line(&message.into()),
         }
     }
 
@@ -62,7 +79,7 @@ impl From<ManagerError> for ApiError {
         let status = match &e {
             ManagerError::Invalid(_) => StatusCode::BAD_REQUEST,
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            ManagerError::Conflict(_) | ManagerError::Cancelled(_) => StatusCode::CONFLICT,
             ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ManagerError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             ManagerError::Store(StoreError::Ambiguous(_)) => StatusCode::BAD_REQUEST,

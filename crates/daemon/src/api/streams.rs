@@ -162,7 +162,10 @@ pub(super) fn parse_since(s: &str) -> ApiResult<Duration> {
         return Ok(t);
     }
     if let Ok(secs) = s.parse::<f64>() {
-        return Ok(Duration::from_secs_f64(secs.max(0.0)));
+        // Found by the fuzz target: a huge or infinite number of seconds panicked in from_secs_f64.
+        return Duration::try_from_secs_f64(secs.max(0.0)).map_err(|_| {
+            ApiError::bad_request(format!("Invalid since {s:?}: not a time this clock can hold"))
+        });
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -174,15 +177,16 @@ pub(super) fn parse_since(s: &str) -> ApiResult<Duration> {
         ))
     })?;
     let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
         _ => {
             return Err(ApiError::bad_request(format!(
                 "Invalid since {s:?}: the unit must be s, m or h"
             )))
         }
-    };
+    }
+    .unwrap_or(u64::MAX);
     Ok(now.saturating_sub(Duration::from_secs(secs)))
 }
 

@@ -16,6 +16,9 @@ pub enum ManagerError {
     /// 500: the host failed us.
     #[error("{0}")]
     Internal(String),
+    /// An operation stopped because a client cancelled it.
+    #[error("{0}")]
+    Cancelled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -56,27 +56,37 @@ pub fn allocate(used: &[IdMap]) -> Result<IdMap, ManagerError> {
     )))
 }
 
-/// A user namespace with `m`'s mapping, held by a descriptor: what an idmapped mount needs. A child made
-/// with fork unshares it and waits; it only makes raw system calls between fork and exit, so forking in
-/// this multi-threaded process is safe.
+/// A user namespace with `m`'s mapping, held by a descriptor: what an idmapped mount needs. A forked child
+/// unshares it, says so on a close-on-exec pipe and waits to be killed; it makes only raw system calls
+/// between fork and its end, so forking in this multi-threaded process is safe, and nothing depends on a
+/// pipe's end-of-file (another thread's fork or spawn may hold a copy of any descriptor for a while).
 pub fn user_namespace(m: &IdMap) -> Result<OwnedFd, ManagerError> {
     let err = |what: &str, e: std::io::Error| ManagerError::Internal(format!("userns: {what}: {e}"));
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| err("pipe", e.into()))?;
-    let (go_r, go_w) = nix::unistd::pipe().map_err(|e| err("pipe", e.into()))?;
-    // SAFETY: the child calls only unshare, write, read and _exit (async-signal-safe) before it ends.
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e.into()))?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the child calls only prctl, getppid, unshare, write, pause and _exit (async-signal-safe)
+    // until it is killed.
     match unsafe { nix::unistd::fork() }.map_err(|e| err("fork", e.into()))? {
         nix::unistd::ForkResult::Child => {
-            // Our copy of the write end would keep the read below from ever seeing end-of-file.
-            drop(go_w);
+            // If vesseld dies (kill -9) before it kills us, we die with it: a copy of vesseld's descriptors
+            // (its root's lock among them) must not outlive it. The getppid check covers a death before
+            // the prctl.
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+            let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == 0;
+            if !armed || nix::unistd::getppid() != parent {
+                // SAFETY: _exit ends the child at once, running nothing of the parent's.
+                unsafe { libc::_exit(1) };
+            }
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
             let _ = nix::unistd::write(&ready_w, if ok { b"1" } else { b"0" });
-            let mut b = [0u8; 1];
-            let _ = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&go_r), &mut b);
-            // SAFETY: _exit ends the child at once, running nothing of the parent's.
-            unsafe { libc::_exit(0) }
+            loop {
+                // SAFETY: pause only waits for a signal; the parent's SIGKILL ends this process.
+                unsafe { libc::pause() };
+            }
         }
         nix::unistd::ForkResult::Parent { child } => {
-            drop((ready_w, go_r));
+            drop(ready_w);
             let result = (|| {
                 let mut b = [0u8; 1];
                 std::fs::File::from(ready_r)
@@ -99,7 +109,8 @@ pub fn user_namespace(m: &IdMap) -> Result<OwnedFd, ManagerError> {
                     .map(OwnedFd::from)
                     .map_err(|e| err("ns/user", e))
             })();
-            drop(go_w);
+            // The namespace lives on through our descriptor.
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child, None);
             result
         }

@@ -17,7 +17,7 @@ pub fn holder(instance_id: &str) -> String {
     format!("instance/{instance_id}")
 }
 
-fn store_error(e: StoreError) -> ManagerError {
+pub(super) fn store_error(e: StoreError) -> ManagerError {
     match e {
         StoreError::NotFound(n) => ManagerError::NotFound(format!("No image {n} in the image store")),
         StoreError::Ambiguous(n) => ManagerError::Invalid(format!("{n} names more than one image")),
@@ -33,6 +33,7 @@ fn registry_error(e: RegistryError) -> ManagerError {
             ManagerError::NotFound(e.to_string())
         }
         RegistryError::LocalImage { .. } => ManagerError::NotFound(e.to_string()),
+        RegistryError::Cancelled { .. } => ManagerError::Cancelled(e.to_string()),
         other => ManagerError::Internal(other.to_string()),
     }
 }

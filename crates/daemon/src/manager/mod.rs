@@ -179,11 +179,16 @@ impl Manager {
                     config.image
                 )))
             }
-            (Err(e), _) => return Err(ManagerError::Internal(e.to_string())),
+            (Err(_), _) => return Err(found.map(|_| ()).map_err(images::store_error).unwrap_err()),
         };
         if !needs_pull {
-            let image = found.map_err(|e| ManagerError::Internal(e.to_string()))?;
-            return Ok(Created::Now(Box::new(self.create_from(config, image).await?)));
+            let image = found.map_err(images::store_error)?;
+            // Its own task: a client that hangs up does not stop a create half way.
+            let mgr = self.clone();
+            let made = tokio::spawn(async move { mgr.create_from(config, image).await })
+                .await
+                .map_err(|e| ManagerError::Internal(e.to_string()))??;
+            return Ok(Created::Now(Box::new(made)));
         }
         let reference = images::parse_reference(&config.image)?;
         if let Some(n) = &config.name {
@@ -206,7 +211,7 @@ impl Manager {
             resources,
             move |h| async move {
                 let image = mgr.pull_now(&reference, opts, h.clone()).await?;
-                h.no_more_cancel();
+                h.no_more_cancel()?;
                 h.stage("Creating the instance");
                 let inst = mgr.create_from(config, image).await?;
                 Ok(Some(serde_json::to_value(inst).unwrap_or_default()))
@@ -223,6 +228,9 @@ impl Manager {
         let (image_name, image_id) = (image.name.clone(), image.config.to_string());
         let userns_auto = config.userns.as_deref().unwrap_or(&self.cfg.userns_default) == "auto";
         let id = names::random_id()?;
+        // Held until the instance is made: a delete (or any verb) waits for it instead of racing its mount.
+        let live = self.live(&id);
+        let _verb = live.verb.lock().await;
         let name = match config.name.clone() {
             Some(n) => n,
             None => names::generate(&id),
@@ -248,7 +256,7 @@ impl Manager {
             },
         };
         let mut instance = instance;
-        {
+        let inserted = (|| {
             // Allocation and insert under one lock: two creates never get the same id block.
             let _g = self.state_write.lock().unwrap_or_else(|p| p.into_inner());
             if userns_auto {
@@ -270,7 +278,11 @@ impl Manager {
                         "The name {n:?} is already in use by another instance"
                     )),
                     e => e.into(),
-                })?;
+                })
+        })();
+        if let Err(e) = inserted {
+            self.forget(&id);
+            return Err(e);
         }
         let prepared = {
             let _g = self.image_lock.lock().await;
@@ -288,6 +300,7 @@ impl Manager {
             let id2 = id.clone();
             let _ = tokio::task::spawn_blocking(move || mgr.remove_files(&id2)).await;
             let _ = self.store.delete(&id);
+            self.forget(&id);
             return Err(e);
         }
         let r = self.update_state(&id, |s, _| s.status = Status::Created)?;
@@ -403,8 +416,16 @@ impl Manager {
         }
     }
 
-    /// `DELETE /1.0/instances/NAME`.
+    /// `DELETE /1.0/instances/NAME`, in a task of its own: a client that hangs up does not stop it half way.
     pub async fn delete(self: &Arc<Self>, name_or_id: &str, force: bool) -> Result<(), ManagerError> {
+        let mgr = self.clone();
+        let name_or_id = name_or_id.to_string();
+        tokio::spawn(async move { mgr.delete_locked(&name_or_id, force).await })
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+    }
+
+    async fn delete_locked(self: &Arc<Self>, name_or_id: &str, force: bool) -> Result<(), ManagerError> {
         let id = self.find(name_or_id)?.instance.id;
         let live = self.live(&id);
         let _g = live.verb.lock().await;

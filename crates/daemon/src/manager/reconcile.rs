@@ -107,6 +107,21 @@ impl Manager {
                 }
             }
         }
+        // Instances made before images were held (an older vesseld) get their hold now.
+        if let Ok(store) = self.image_store() {
+            for r in self.store.list()? {
+                let holder = super::images::holder(&r.instance.id);
+                if store.held(&holder).is_err() {
+                    if let Ok(image) = store.find(&r.instance.image_id) {
+                        if store.hold(&holder, &image).is_ok() {
+                            report
+                                .lines
+                                .push(format!("{}: now holds its image", r.instance.name));
+                        }
+                    }
+                }
+            }
+        }
         let mgr = self.clone();
         let orphans = tokio::task::spawn_blocking(move || mgr.remove_orphans(&known))
             .await

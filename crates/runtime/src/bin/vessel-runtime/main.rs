@@ -201,7 +201,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
     if secs <= 0.0 {
         return Err(anyhow!("Invalid interval {s:?}: it must be positive"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| anyhow!("Invalid interval {s:?}: too long"))
 }
 
 fn events(rt: &Runtime, once: bool, interval: &str, id: &str) -> Result<()> {
