@@ -357,6 +357,12 @@ pub struct ExecConfig {
     /// Pass the client's stdin.
     #[serde(default)]
     pub stdin: bool,
+    /// With `tty`: the client's terminal size, set on the pty before the process runs (a resize frame
+    /// after the upgrade could come too late for a program that reads it at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
 }
 
 /// The answer of `wait`.

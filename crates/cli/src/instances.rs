@@ -395,6 +395,16 @@ pub fn exec(c: &Client, a: &ExecArgs) -> Result<u8> {
         workdir: a.workdir.clone(),
         tty: a.tty,
         stdin: a.interactive,
+        rows: None,
+        cols: None,
+    };
+    let body = match crate::session::window_size() {
+        Some((rows, cols)) if a.tty => ExecConfig {
+            rows: Some(rows),
+            cols: Some(cols),
+            ..body
+        },
+        _ => body,
     };
     let code = c.block_on(async {
         let conn = c

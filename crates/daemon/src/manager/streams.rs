@@ -129,6 +129,9 @@ impl Manager {
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(ec.command);
         process["terminal"] = serde_json::json!(ec.tty);
+        if let (true, Some(rows), Some(cols)) = (ec.tty, ec.rows, ec.cols) {
+            process["consoleSize"] = serde_json::json!({ "height": rows, "width": cols });
+        }
         if let Some(env) = process["env"].as_array_mut() {
             for kv in &ec.env {
                 let key = kv.split('=').next().unwrap_or("");
