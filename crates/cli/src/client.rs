@@ -150,19 +150,7 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T> {
-        let body = body.map(serde_json::to_vec).transpose()?;
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(self.build(method, path, body)?)
-            .await
-            .context("The request to vesseld failed")?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        check(status, &bytes)?;
-        if bytes.is_empty() {
-            return Ok(serde_json::from_str("null")?);
-        }
-        serde_json::from_slice(&bytes).with_context(|| format!("Unreadable answer from vesseld to {path}"))
+        Ok(self.request(method, path, body).await?.1)
     }
 
     /// A request whose answer's status matters (201 made, 202 an operation): the status and the body.
@@ -172,24 +160,29 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<(StatusCode, serde_json::Value)> {
-        self.block_on(async {
-            let body = body.map(serde_json::to_vec).transpose()?;
-            let mut sender = self.connect().await?;
-            let resp = sender
-                .send_request(self.build(method, path, body)?)
-                .await
-                .context("The request to vesseld failed")?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            check(status, &bytes)?;
-            let v = if bytes.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("Unreadable answer from vesseld to {path}"))?
-            };
-            Ok((status, v))
-        })
+        self.block_on(self.request(method, path, body))
+    }
+
+    /// One request with a JSON answer (an empty body reads as null): its status and its document.
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(StatusCode, T)> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(self.build(method, path, body)?)
+            .await
+            .context("The request to vesseld failed")?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        check(status, &bytes)?;
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        let doc = serde_json::from_slice(bytes)
+            .with_context(|| format!("Unreadable answer from vesseld to {path}"))?;
+        Ok((status, doc))
     }
 
     /// A request whose answer is JSON lines: `each` gets every line until it returns false or the stream ends.

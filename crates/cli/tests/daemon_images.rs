@@ -117,6 +117,32 @@ fn operations(d: &Daemon) -> Vec<serde_json::Value> {
     d.json("GET", "/1.0/operations", "").as_array().unwrap().clone()
 }
 
+/// `vessel pull REFERENCE` started, and the id of its operation once bytes arrive (operations in `earlier`
+/// left out).
+fn pull_under_way(d: &Daemon, reference: &str, earlier: &[String]) -> (Child, String) {
+    let pull = d
+        .cmd(&["pull", reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    d.until(60, "the pull's first bytes", || {
+        operations(d).iter().any(|o| {
+            let this = o["id"].as_str().unwrap_or_default();
+            let moving = o["kind"] == "pull"
+                && o["status"] == "running"
+                && !earlier.iter().any(|e| e == this)
+                && o["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0;
+            if moving {
+                id = this.to_string();
+            }
+            moving
+        })
+    });
+    (pull, id)
+}
+
 /// busybox plus a file naming `tag`: an image of its own (its own layer and id).
 fn marked_rootfs(d: &Daemon, tag: &str) -> PathBuf {
     let dir = d.base.join(format!("rootfs-{tag}"));
@@ -222,24 +248,7 @@ fn a_slow_pull_shows_progress_and_is_cancelled_by_the_api_and_by_ctrl_c() {
     let slow = format!("{}/t/big:1", slow_proxy(reg.addr.clone()));
 
     // 1. Cancelled through the API once bytes arrive; `vessel pull` ends with the cancel as its error.
-    let pull = d
-        .cmd(&["pull", &slow])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut id = String::new();
-    d.until(60, "the pull's first bytes", || {
-        operations(&d).iter().any(|o| {
-            let moving = o["kind"] == "pull"
-                && o["status"] == "running"
-                && o["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0;
-            if moving {
-                id = o["id"].as_str().unwrap().to_string();
-            }
-            moving
-        })
-    });
+    let (pull, id) = pull_under_way(&d, &slow, &[]);
     let (status, text) = d.api("DELETE", &format!("/1.0/operations/{id}"), "");
     assert_eq!(status, 202, "{text}");
     let started = Instant::now();
@@ -266,26 +275,7 @@ fn a_slow_pull_shows_progress_and_is_cancelled_by_the_api_and_by_ctrl_c() {
     );
 
     // 2. Ctrl-C on `vessel pull` cancels the daemon's operation too.
-    let pull = d
-        .cmd(&["pull", &slow])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let before: Vec<String> = vec![id.clone()];
-    let mut id2 = String::new();
-    d.until(60, "the second pull's first bytes", || {
-        operations(&d).iter().any(|o| {
-            let moving = o["kind"] == "pull"
-                && o["status"] == "running"
-                && !before.contains(&o["id"].as_str().unwrap().to_string())
-                && o["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0;
-            if moving {
-                id2 = o["id"].as_str().unwrap().to_string();
-            }
-            moving
-        })
-    });
+    let (pull, id2) = pull_under_way(&d, &slow, std::slice::from_ref(&id));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pull.id() as i32),
         nix::sys::signal::Signal::SIGINT,

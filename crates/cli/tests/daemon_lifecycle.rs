@@ -258,12 +258,11 @@ fn metrics_show_instances_and_requests() {
     d.assert_clean_after_rm_all();
 }
 
-#[test]
-fn terminal_sessions_get_a_pty_with_the_clients_size() {
-    let d = Daemon::start("tty");
-    // `script` gives vessel a real terminal, as a person at a shell has.
+/// `vessel ARGS` on a terminal of `rows` x `cols` (`script` gives it a real one, as a person at a shell
+/// has), "typed" entered after 1.5 s: its exit status and what the terminal showed.
+fn on_a_terminal(d: &Daemon, rows: u16, cols: u16, args: &str) -> (std::process::ExitStatus, String) {
     let cmd = format!(
-        "stty cols 91 rows 33; {} --root {} --host unix://{} run -it --rm {IMAGE} sh -c 'tty; stty size; read line; echo got:$line'",
+        "stty cols {cols} rows {rows}; {} --root {} --host unix://{} {args}",
         env!("CARGO_BIN_EXE_vessel"),
         d.root.display(),
         d.socket().display()
@@ -277,8 +276,20 @@ fn terminal_sessions_get_a_pty_with_the_clients_size() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"typed\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn terminal_sessions_get_a_pty_with_the_clients_size() {
+    let d = Daemon::start("tty");
+    let (status, text) = on_a_terminal(
+        &d,
+        33,
+        91,
+        &format!("run -it --rm {IMAGE} sh -c 'tty; stty size; read line; echo got:$line'"),
+    );
+
+    assert!(status.success(), "{text}");
     assert!(text.contains("/dev/pts/"), "no terminal in the instance: {text}");
     assert!(
         text.contains("33 91"),
@@ -294,23 +305,13 @@ fn terminal_sessions_get_a_pty_with_the_clients_size() {
 fn exec_with_a_terminal_gets_a_pty_the_size_input_and_exit_code() {
     let d = Daemon::start("exectty");
     d.ok(&["run", "-d", "--name", "box", IMAGE, "sleep", "300"]);
-    let cmd = format!(
-        "stty cols 77 rows 22; {} --root {} --host unix://{} exec -it box sh -c 'tty; stty size; read line; echo got:$line; exit 7'",
-        env!("CARGO_BIN_EXE_vessel"),
-        d.root.display(),
-        d.socket().display()
+    let (status, text) = on_a_terminal(
+        &d,
+        22,
+        77,
+        "exec -it box sh -c 'tty; stty size; read line; echo got:$line; exit 7'",
     );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("script (bsdutils) runs");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"typed\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(7), "the exit code passes through: {text}");
+    assert_eq!(status.code(), Some(7), "the exit code passes through: {text}");
     assert!(text.contains("/dev/pts/"), "no terminal for the exec: {text}");
     assert!(
         text.contains("22 77"),

@@ -121,32 +121,18 @@ impl Manager {
     }
 
     fn to_image(&self, r: &ImageRecord) -> Image {
-        let id = r.config.to_string();
-        let used_by = self
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i.image_id == id)
-            .map(|i| i.name)
-            .collect();
-        Image {
-            name: r.name.clone(),
-            id,
-            digest: r.manifest.to_string(),
-            size: r.size,
-            created: r.created.clone(),
-            used_by,
-        }
+        to_image(r, &self.list().unwrap_or_default())
     }
 
-    /// `GET /1.0/images`.
+    /// `GET /1.0/images`: the instances are read once for all images.
     pub fn images(&self) -> Result<Vec<Image>, ManagerError> {
         let store = self.image_store()?;
+        let instances = self.list()?;
         Ok(store
             .list()
             .map_err(store_error)?
             .iter()
-            .map(|r| self.to_image(r))
+            .map(|r| to_image(r, &instances))
             .collect())
     }
 
@@ -291,6 +277,24 @@ impl Manager {
             .held(&holder(instance_id))
             .or_else(|_| store.find(image_id))
             .map_err(store_error)
+    }
+}
+
+/// An image as the API shows it, with the names of the instances made from it.
+fn to_image(r: &ImageRecord, instances: &[vessel_api::Instance]) -> Image {
+    let id = r.config.to_string();
+    let used_by = instances
+        .iter()
+        .filter(|i| i.image_id == id)
+        .map(|i| i.name.clone())
+        .collect();
+    Image {
+        name: r.name.clone(),
+        id,
+        digest: r.manifest.to_string(),
+        size: r.size,
+        created: r.created.clone(),
+        used_by,
     }
 }
 
