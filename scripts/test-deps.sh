@@ -8,6 +8,7 @@ packages=(
   libseccomp-dev pkg-config
   docker-registry apache2-utils openssl curl tini
   acpica-tools e2fsprogs qemu-system-x86 cpio
+  nftables iperf3 netavark aardvark-dns dnsutils
 )
 
 if [ "$(id -u)" -ne 0 ]; then

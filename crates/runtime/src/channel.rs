@@ -30,6 +30,8 @@ pub enum Message {
     Failed(String),
     /// Intermediate child → parent: the container process is this host pid (after a second fork).
     Child(i32),
+    /// Child → parent: I made my user namespace after joining the others; write my id maps, then Proceed.
+    MapIds,
 }
 
 impl Message {
@@ -41,6 +43,7 @@ impl Message {
             Message::Ready => (b'R', ""),
             Message::Failed(s) => (b'F', s),
             Message::Child(pid) => return format!("C{pid}").into_bytes(),
+            Message::MapIds => (b'M', ""),
         };
         let mut v = Vec::with_capacity(1 + body.len());
         v.push(tag);
@@ -57,6 +60,7 @@ impl Message {
             b'R' => Message::Ready,
             b'F' => Message::Failed(body),
             b'C' => Message::Child(body.parse().ok()?),
+            b'M' => Message::MapIds,
             _ => return None,
         })
     }

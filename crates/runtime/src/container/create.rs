@@ -136,12 +136,16 @@ pub(super) fn create_from(
     let preserve_fds = opts.preserve_fds + listen_fds.unwrap_or(0);
     let (parent_end, child_end) = channel::pair()?;
     let joins_user = plan.joins(LinuxNamespaceType::User);
+    // A new user namespace with other namespaces joined (a network namespace a manager made, as podman and
+    // vesseld do): join those first, with our privileges, then create the user namespace (runc's order).
+    // From inside a new user namespace, joining a namespace owned by ours would be refused.
+    let user_after_joins = plan.creates(LinuxNamespaceType::User) && !plan.joined.is_empty();
     // Namespaces made by clone itself; the rest (cgroup after the cgroup move, time, and everything when a user
     // namespace is joined first) are unshared by the child.
     // When the child must fork the real init (pid namespace joined, time namespace), the child stays in our
     // pid namespace so the pid it reports is valid here.
     let defer_pid = plan.creates(LinuxNamespaceType::Time) || plan.joins(LinuxNamespaceType::Pid);
-    let clone_flags = if joins_user {
+    let clone_flags = if joins_user || user_after_joins {
         CloneFlags::empty()
     } else {
         plan.new
@@ -209,6 +213,14 @@ pub(super) fn create_from(
                 let state = record_base(init_pid).state_json(Status::Creating).to_string();
                 run_create_runtime_hooks(spec, &state)?;
                 parent_end.send(&Message::CreateRuntimeHooksDone(state))?;
+            }
+            Some(Message::MapIds) => {
+                write_id_maps(
+                    child,
+                    linux.uid_mappings().as_deref(),
+                    linux.gid_mappings().as_deref(),
+                )?;
+                parent_end.send(&Message::Proceed)?;
             }
             Some(Message::Ready) => break,
             Some(Message::Failed(msg)) => return Err(ContainerError::Init(msg)),

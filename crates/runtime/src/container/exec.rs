@@ -125,7 +125,7 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<Option<i32>, ContainerEr
     Ok(Some(super::run::wait_forwarding(child, relay)?))
 }
 
-/// The namespaces of the container's init that differ from ours, user first and mount last.
+/// The namespaces of the container's init that differ from ours, in the order to join them (mount last).
 fn container_namespaces(spec: &oci_spec::runtime::Spec, pid: i32) -> Result<Vec<Joined>, ContainerError> {
     let mut out = Vec::new();
     let list = spec
@@ -145,8 +145,12 @@ fn container_namespaces(spec: &oci_spec::runtime::Spec, pid: i32) -> Result<Vec<
             out.push(Joined::open(kind, &theirs)?);
         }
     }
+    // Root joins the user namespace after the others: a namespace the container joined rather than made
+    // (a manager's network namespace) is owned by ours, and from inside the container's user namespace it
+    // could not be joined. Without privileges the user namespace must come first, to grant them.
+    let user_rank = if nix::unistd::geteuid().is_root() { 8 } else { 0 };
     out.sort_by_key(|j| match j.kind {
-        LinuxNamespaceType::User => 0,
+        LinuxNamespaceType::User => user_rank,
         LinuxNamespaceType::Mount => 9,
         _ => 5,
     });

@@ -91,9 +91,18 @@ fn set_up(ctx: &InitContext) -> Result<Stage, String> {
             later |= f;
         }
     }
-    let user_later = later & CloneFlags::CLONE_NEWUSER;
-    if !user_later.is_empty() {
-        return Err("Creating a user namespace after joining one is not supported".into());
+    if later.contains(CloneFlags::CLONE_NEWUSER) {
+        if plan.joins(LinuxNamespaceType::User) {
+            return Err("Creating a user namespace after joining one is not supported".into());
+        }
+        // The other namespaces are joined: now our own user namespace, mapped by the parent.
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("Cannot create the user namespace: {e}"))?;
+        ctx.channel.send(&Message::MapIds).map_err(err)?;
+        ctx.channel
+            .expect(Message::Proceed, "the parent's id maps")
+            .map_err(err)?;
+        become_root()?;
+        later.remove(CloneFlags::CLONE_NEWUSER);
     }
     if !later.is_empty() {
         unshare(later).map_err(|e| format!("Cannot create namespaces {later:?}: {e}"))?;
