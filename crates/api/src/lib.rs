@@ -4,11 +4,13 @@
 
 pub mod frames;
 pub mod images;
+pub mod networks;
 pub mod operations;
 pub mod time;
 pub mod types;
 
 pub use images::*;
+pub use networks::*;
 pub use operations::*;
 pub use types::*;
 

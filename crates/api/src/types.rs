@@ -205,6 +205,20 @@ pub struct InstanceConfig {
     /// Bind mounts from the host: HOST_PATH:CONTAINER_PATH[:ro] (both absolute).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// "none" (a loopback only), "host" (the host's network) or, when absent, the networks in `networks`
+    /// (default: the network vessel0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::NetworkRequest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::PortMapping>,
+    /// Resolvers for the instance's resolv.conf instead of its network's (or the host's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// Bandwidth limit of each of its interfaces, each way, in bits per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rate: Option<u64>,
 }
 
 /// The host ids an instance's user namespace maps: its ids 0..size are host uids uid..uid+size (gids alike).
@@ -315,6 +329,9 @@ pub struct Instance {
     pub created_at: String,
     pub config: InstanceConfig,
     pub state: InstanceState,
+    /// Its network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::Attachment>,
 }
 
 /// `PUT /1.0/instances/NAME/state`.

@@ -105,6 +105,30 @@ pub struct CreateArgs {
     /// A bind mount from the host: HOST_PATH:CONTAINER_PATH[:ro].
     #[arg(short = 'v', long = "volume")]
     pub volume: Vec<String>,
+    /// Network: none (loopback only), host, or network names, comma-separated (default: vessel0).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Forward a host port: [HOST_IP:]HOST_PORT[-END]:PORT[-END][/tcp|udp].
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// A static IPv4 address on the (first) network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// A static IPv6 address on the (first) network.
+    #[arg(long)]
+    pub ip6: Option<String>,
+    /// A static MAC address on the (first) network.
+    #[arg(long = "mac-address")]
+    pub mac_address: Option<String>,
+    /// More names for the instance on its networks' DNS.
+    #[arg(long = "network-alias")]
+    pub network_alias: Vec<String>,
+    /// A resolver for the instance's resolv.conf (instead of its network's).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Bandwidth limit of each interface, each way: bits per second, with k, m or g (e.g. 100m).
+    #[arg(long = "net-rate")]
+    pub net_rate: Option<String>,
     /// User namespace: host, or auto (its own subordinate ids: root inside is unprivileged on the host).
     #[arg(long, value_parser = ["host", "auto"])]
     pub userns: Option<String>,
@@ -353,6 +377,79 @@ pub enum Command {
     /// vesseld's asynchronous operations (pulls, pushes, creates that pull).
     #[command(subcommand)]
     Operation(OperationCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// List an instance's port forwards.
+    Port { instance: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls,
+    /// Show networks as JSON.
+    Inspect {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks (refused while an instance is on one).
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Put an instance on a network (at once when it runs).
+    Connect {
+        network: String,
+        instance: String,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        ip6: Option<String>,
+        #[arg(long = "mac-address")]
+        mac_address: Option<String>,
+        #[arg(long)]
+        alias: Vec<String>,
+    },
+    /// Take an instance off a network.
+    Disconnect { network: String, instance: String },
+}
+
+#[derive(Args, Debug)]
+pub struct NetworkCreateArgs {
+    pub name: String,
+    /// bridge (default) or macvlan.
+    #[arg(short, long)]
+    pub driver: Option<String>,
+    /// IPv4 subnet, e.g. 10.20.0.0/24 (default: a free /24 of 10.77.0.0/16).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Also IPv6 (a unique local /64 unless --subnet6 gives one).
+    #[arg(long)]
+    pub ipv6: bool,
+    #[arg(long)]
+    pub subnet6: Option<String>,
+    #[arg(long)]
+    pub gateway6: Option<String>,
+    /// No egress and no port forwards: instances reach only each other.
+    #[arg(long)]
+    pub internal: bool,
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// macvlan: the host interface to cut the network from.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// macvlan: an 802.1Q VLAN id on the parent.
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    /// Labels (KEY=VALUE).
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

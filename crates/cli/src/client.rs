@@ -301,6 +301,9 @@ fn check(status: StatusCode, bytes: &[u8]) -> Result<()> {
 }
 
 /// Percent-encoding for a query value.
+/// A request without a body.
+pub const NO_BODY: Option<&()> = None;
+
 pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

@@ -16,7 +16,7 @@ use crate::client::{encode, Client};
 use crate::output::{age, emit, human_size, table};
 use serde_json::json;
 
-const NO_BODY: Option<&()> = None;
+use crate::client::NO_BODY;
 
 fn image_path(name: &str, rest: &str) -> String {
     format!("/1.0/images/{}{rest}", encode(name))

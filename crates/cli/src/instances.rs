@@ -6,8 +6,8 @@ use anyhow::{anyhow, Context, Result};
 use hyper::Method;
 use serde_json::{json, Value};
 use vessel_api::{
-    ExecConfig, Info, Instance, InstanceConfig, InstanceUpdate, Limits, LogRecord, Operation, RestartPolicy,
-    StateChange, Stats, Top, Ulimit, WaitResult,
+    ExecConfig, Info, Instance, InstanceConfig, InstanceUpdate, Limits, LogRecord, Operation, PortMapping,
+    RestartPolicy, StateChange, Stats, Top, Ulimit, WaitResult,
 };
 
 use crate::cli::{CreateArgs, ExecArgs, Global, LimitArgs, LogsArgs, UpdateArgs};
@@ -110,6 +110,7 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
             }
         })
         .collect::<Result<BTreeMap<_, _>>>()?;
+    let (network_mode, networks) = crate::networks::requests(a)?;
     Ok(InstanceConfig {
         name: a.name.clone(),
         image: a.image.clone(),
@@ -133,6 +134,15 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
         ulimits: a.ulimit.iter().map(|u| ulimit(u)).collect::<Result<_>>()?,
         tmpfs: a.tmpfs.clone(),
         volumes: a.volume.clone(),
+        network_mode,
+        networks,
+        ports: a
+            .publish
+            .iter()
+            .map(|p| PortMapping::parse(p).map_err(|e| anyhow!(e)))
+            .collect::<Result<_>>()?,
+        dns: a.dns.clone(),
+        net_rate: a.net_rate.as_deref().map(parse_rate).transpose()?,
         userns: a.userns.clone(),
         init: a.init,
         auto_remove: a.rm,
@@ -587,4 +597,25 @@ pub fn version(g: &Global, c: &Client) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// A rate in bits per second: a number with an optional k, m or g (powers of 1000).
+pub fn parse_rate(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix("bit")
+        .or_else(|| t.strip_suffix("bps"))
+        .unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1_000),
+        Some('m') => (&t[..t.len() - 1], 1_000_000),
+        Some('g') => (&t[..t.len() - 1], 1_000_000_000),
+        _ => (t, 1),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0 && n.is_finite())
+        .map(|n| (n * mult as f64) as u64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| anyhow!("Invalid --net-rate {s:?}: give bits per second, e.g. 100m or 500k"))
 }

@@ -6,6 +6,7 @@ mod client;
 mod format;
 mod images;
 mod instances;
+mod networks;
 mod operations;
 mod output;
 mod session;
@@ -103,6 +104,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Operation(OperationCommand::Show { id }) => return operations::show(&client()?, &id),
         Command::Operation(OperationCommand::Wait { id }) => return operations::wait_id(&client()?, &id),
         Command::Operation(OperationCommand::Cancel { id }) => return operations::cancel(&client()?, &id),
+        Command::Network(cmd) => return networks::command(&g, &client()?, &cmd),
+        Command::Port { instance } => return networks::port(&g, &client()?, &instance),
         Command::Image(ImageCommand::Unpack { images: names }) => images::unpack(&g, &names)?,
         Command::Image(ImageCommand::Import { source, name, change }) => {
             images::import(&g, &source, &name, &change)?

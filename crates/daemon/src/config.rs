@@ -22,6 +22,10 @@ pub struct DaemonConfig {
     pub insecure_registries: Vec<String>,
     /// An instance's user namespace when its config names none: "host" or "auto".
     pub userns_default: String,
+    /// Where networks' resolvers send names they do not own (default: /etc/resolv.conf's nameservers).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The port networks' resolvers listen on (53; another only in tests).
+    pub dns_port: u16,
 }
 
 /// The part of an instance id that names its files in the supervisors' directory.
@@ -44,6 +48,8 @@ impl DaemonConfig {
             log_max_files: 3,
             insecure_registries: Vec::new(),
             userns_default: "auto".into(),
+            dns_upstreams: Vec::new(),
+            dns_port: 53,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dns;
 pub mod manager;
 pub mod operations;
 pub mod server;
@@ -24,6 +25,8 @@ pub struct DaemonArgs {
     pub log_max_files: u32,
     pub insecure_registries: Vec<String>,
     pub userns_default: String,
+    /// Resolvers that networks' DNS forwards other names to (default: /etc/resolv.conf's).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// The API on TCP too (TLS, authenticated).
     pub tcp: Option<tls::TcpConfig>,
 }
@@ -52,6 +55,7 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
     cfg.log_max_files = a.log_max_files;
     cfg.insecure_registries = a.insecure_registries;
     cfg.userns_default = a.userns_default;
+    cfg.dns_upstreams = a.dns_upstreams;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -44,8 +44,16 @@ pub fn ensure(b: &Bridge) -> Result<u32, NetError> {
     for (addr, prefix) in &b.addresses {
         link::add_address(&mut nl, index, *addr, *prefix).map_err(|e| failed(&b.name, "address", e))?;
     }
-    link::set(&mut nl, index, LinkChange { up: true, mtu: Some(b.mtu), ..Default::default() })
-        .map_err(|e| failed(&b.name, "bring up", e))?;
+    link::set(
+        &mut nl,
+        index,
+        LinkChange {
+            up: true,
+            mtu: Some(b.mtu),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| failed(&b.name, "bring up", e))?;
     sysctl::write("net/ipv4/ip_forward", "1")?;
     // Localhost forwards: DNAT of 127.0.0.1 to an instance is routed out of the bridge, which the kernel
     // allows only with route_localnet (the source is masqueraded on the way out).
@@ -55,7 +63,9 @@ pub fn ensure(b: &Bridge) -> Result<u32, NetError> {
 
 /// Deletes the bridge (its ports go with their instances); gone already is fine.
 pub fn remove(name: &str) -> Result<(), NetError> {
-    let Some(index) = link::index(name) else { return Ok(()) };
+    let Some(index) = link::index(name) else {
+        return Ok(());
+    };
     let mut nl = Netlink::open().map_err(|e| failed(name, "open netlink for", e))?;
     match link::delete(&mut nl, index) {
         Err(e) if e.raw_os_error() != Some(libc::ENODEV) => Err(failed(name, "delete", e)),

@@ -129,27 +129,42 @@ pub fn table_commands(fw: &Firewall) -> Vec<Value> {
         json!("local"),
     );
     for chain in ["prerouting", "output"] {
-        c.push(rule(chain, vec![local.clone(), json!({ "jump": { "target": "forwards" } })]));
+        c.push(rule(
+            chain,
+            vec![local.clone(), json!({ "jump": { "target": "forwards" } })],
+        ));
     }
     for f in &fw.forwards {
         c.extend(forward_rules(t, f));
     }
-    let ct_status_dnat = json!({ "match": { "op": "in", "left": { "ct": { "key": "status" } }, "right": "dnat" } });
+    let ct_status_dnat =
+        json!({ "match": { "op": "in", "left": { "ct": { "key": "status" } }, "right": "dnat" } });
     let ct_established = json!({ "match": { "op": "in", "left": { "ct": { "key": "state" } },
         "right": ["established", "related"] } });
-    c.push(rule("forward", vec![ct_status_dnat.clone(), json!({ "accept": null })]));
+    c.push(rule(
+        "forward",
+        vec![ct_status_dnat.clone(), json!({ "accept": null })],
+    ));
     c.push(rule("forward", vec![ct_established, json!({ "accept": null })]));
     for n in &fw.networks {
         let br = json!(n.bridge);
         // Nothing enters the network from another link unless it is a forward (accepted above).
         c.push(rule(
             "forward",
-            vec![eq(meta("oifname"), br.clone()), ne(meta("iifname"), br.clone()), json!({ "drop": null })],
+            vec![
+                eq(meta("oifname"), br.clone()),
+                ne(meta("iifname"), br.clone()),
+                json!({ "drop": null }),
+            ],
         ));
         if n.internal {
             c.push(rule(
                 "forward",
-                vec![eq(meta("iifname"), br.clone()), ne(meta("oifname"), br.clone()), json!({ "drop": null })],
+                vec![
+                    eq(meta("iifname"), br.clone()),
+                    ne(meta("oifname"), br.clone()),
+                    json!({ "drop": null }),
+                ],
             ));
             continue;
         }
@@ -157,11 +172,20 @@ pub fn table_commands(fw: &Firewall) -> Vec<Value> {
             let from = eq(payload("ip", "saddr"), prefix(s.network(), s.prefix_len()));
             c.push(rule(
                 "postrouting",
-                vec![from.clone(), ne(meta("oifname"), br.clone()), json!({ "masquerade": null })],
+                vec![
+                    from.clone(),
+                    ne(meta("oifname"), br.clone()),
+                    json!({ "masquerade": null }),
+                ],
             ));
             c.push(rule(
                 "postrouting",
-                vec![from, eq(meta("oifname"), br.clone()), ct_status_dnat.clone(), json!({ "masquerade": null })],
+                vec![
+                    from,
+                    eq(meta("oifname"), br.clone()),
+                    ct_status_dnat.clone(),
+                    json!({ "masquerade": null }),
+                ],
             ));
             c.push(rule(
                 "postrouting",
@@ -176,11 +200,20 @@ pub fn table_commands(fw: &Firewall) -> Vec<Value> {
             let from = eq(payload("ip6", "saddr"), prefix(s.network(), s.prefix_len()));
             c.push(rule(
                 "postrouting",
-                vec![from.clone(), ne(meta("oifname"), br.clone()), json!({ "masquerade": null })],
+                vec![
+                    from.clone(),
+                    ne(meta("oifname"), br.clone()),
+                    json!({ "masquerade": null }),
+                ],
             ));
             c.push(rule(
                 "postrouting",
-                vec![from, eq(meta("oifname"), br), ct_status_dnat.clone(), json!({ "masquerade": null })],
+                vec![
+                    from,
+                    eq(meta("oifname"), br),
+                    ct_status_dnat.clone(),
+                    json!({ "masquerade": null }),
+                ],
             ));
         }
     }
@@ -216,7 +249,10 @@ fn forward_rules(table: &str, f: &Forward) -> Vec<Value> {
             let mut expr = vec![eq(meta("nfproto"), json!(nfproto))];
             expr.extend(host_match.clone());
             expr.push(l4.clone());
-            expr.push(eq(json!({ "payload": { "protocol": "th", "field": "dport" } }), ports(*host)));
+            expr.push(eq(
+                json!({ "payload": { "protocol": "th", "field": "dport" } }),
+                ports(*host),
+            ));
             let mut dnat = json!({ "family": family, "addr": target.to_string() });
             if let Some(p) = to_port {
                 dnat["port"] = json!(p);
@@ -245,9 +281,12 @@ pub fn foreign_chains(table: &str, ruleset: &Value) -> (Vec<ForeignChain>, Vec<(
     let mut chains = Vec::new();
     for i in &items {
         let ch = &i["chain"];
-        let (Some(family), Some(table), Some(name), Some(hook)) =
-            (ch["family"].as_str(), ch["table"].as_str(), ch["name"].as_str(), ch["hook"].as_str())
-        else {
+        let (Some(family), Some(table), Some(name), Some(hook)) = (
+            ch["family"].as_str(),
+            ch["table"].as_str(),
+            ch["name"].as_str(),
+            ch["hook"].as_str(),
+        ) else {
             continue;
         };
         let ours = family == "inet" && table.starts_with("vessel");
@@ -280,7 +319,11 @@ pub fn foreign_chains(table: &str, ruleset: &Value) -> (Vec<ForeignChain>, Vec<(
 
 /// Vessel's rules in other chains: the old ones removed, new ones inserted at their heads (for the
 /// bridges of `fw`; none when it has no networks).
-pub fn coexist_commands(fw: &Firewall, chains: &[ForeignChain], tagged: &[(ForeignChain, u64)]) -> Vec<Value> {
+pub fn coexist_commands(
+    fw: &Firewall,
+    chains: &[ForeignChain],
+    tagged: &[(ForeignChain, u64)],
+) -> Vec<Value> {
     let mut c: Vec<Value> = tagged
         .iter()
         .map(|(ch, h)| {
@@ -298,15 +341,24 @@ pub fn coexist_commands(fw: &Firewall, chains: &[ForeignChain], tagged: &[(Forei
                 "expr": expr, "comment": tag } } })
         };
         if ch.hook == "forward" {
-            c.push(insert(vec![eq(meta("iifname"), bridges.clone()), json!({ "accept": null })]));
-            c.push(insert(vec![eq(meta("oifname"), bridges.clone()), json!({ "accept": null })]));
+            c.push(insert(vec![
+                eq(meta("iifname"), bridges.clone()),
+                json!({ "accept": null }),
+            ]));
+            c.push(insert(vec![
+                eq(meta("oifname"), bridges.clone()),
+                json!({ "accept": null }),
+            ]));
         } else {
             // Input: only what instances need of the host itself, their DNS resolver on the gateway.
             for proto in ["udp", "tcp"] {
                 c.push(insert(vec![
                     eq(meta("iifname"), bridges.clone()),
                     eq(meta("l4proto"), json!(proto)),
-                    eq(json!({ "payload": { "protocol": "th", "field": "dport" } }), json!(53)),
+                    eq(
+                        json!({ "payload": { "protocol": "th", "field": "dport" } }),
+                        json!(53),
+                    ),
                     json!({ "accept": null }),
                 ]));
             }
@@ -359,7 +411,10 @@ mod tests {
 
     #[test]
     fn no_networks_means_no_table() {
-        let c = table_commands(&Firewall { table: "vessel".into(), ..Default::default() });
+        let c = table_commands(&Firewall {
+            table: "vessel".into(),
+            ..Default::default()
+        });
         assert_eq!(c.len(), 2);
         assert!(c[1]["delete"]["table"].is_object());
     }
@@ -379,12 +434,23 @@ mod tests {
         assert_eq!(rules.len(), 4);
         let text = serde_json::to_string(&rules).unwrap();
         assert!(text.contains("\"port\":80") && text.contains("\"port\":81"));
-        let same = Forward { host_ports: (80, 81), target_ports: (80, 81), target6: None, ..fw().forwards[0].clone() };
+        let same = Forward {
+            host_ports: (80, 81),
+            target_ports: (80, 81),
+            target6: None,
+            ..fw().forwards[0].clone()
+        };
         let rules = forward_rules("vessel", &same);
         assert_eq!(rules.len(), 1);
         assert!(serde_json::to_string(&rules).unwrap().contains("range"));
-        let v6_host = Forward { host_ip: Some("::1".parse().unwrap()), ..same };
-        assert!(forward_rules("vessel", &v6_host).is_empty(), "no v6 target: nothing for a v6 host address");
+        let v6_host = Forward {
+            host_ip: Some("::1".parse().unwrap()),
+            ..same
+        };
+        assert!(
+            forward_rules("vessel", &v6_host).is_empty(),
+            "no v6 target: nothing for a v6 host address"
+        );
     }
 
     #[test]
@@ -405,7 +471,14 @@ mod tests {
         let c = coexist_commands(&fw(), &chains, &tagged);
         assert_eq!(c.len(), 1 + 2 + 2);
         assert_eq!(c[0]["delete"]["rule"]["handle"], 7);
-        let c = coexist_commands(&Firewall { table: "vessel".into(), ..Default::default() }, &chains, &tagged);
+        let c = coexist_commands(
+            &Firewall {
+                table: "vessel".into(),
+                ..Default::default()
+            },
+            &chains,
+            &tagged,
+        );
         assert_eq!(c.len(), 1, "no networks: only the old rule goes");
     }
 }

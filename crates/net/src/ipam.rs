@@ -182,7 +182,9 @@ mod tests {
     #[test]
     fn subnets_must_be_network_addresses_with_room() {
         assert_eq!(parse_subnet("10.1.0.0/24").unwrap(), net("10.1.0.0/24"));
-        assert!(matches!(parse_subnet("10.1.0.5/24"), Err(IpamError::NotNetwork { network, .. }) if network == "10.1.0.0/24"));
+        assert!(
+            matches!(parse_subnet("10.1.0.5/24"), Err(IpamError::NotNetwork { network, .. }) if network == "10.1.0.0/24")
+        );
         assert!(matches!(parse_subnet("10.1.0.0/31"), Err(IpamError::TooSmall(_))));
         assert!(matches!(parse_subnet("banana"), Err(IpamError::BadSubnet(_))));
         assert!(parse_subnet("fd00:1::/64").is_ok());
@@ -197,9 +199,15 @@ mod tests {
         let a = allocate(&n, gw, &used).unwrap();
         assert_eq!(a, "10.1.0.2".parse::<IpAddr>().unwrap());
         used.insert(a);
-        assert_eq!(allocate(&n, gw, &used), Err(IpamError::Exhausted("10.1.0.0/30".into())));
+        assert_eq!(
+            allocate(&n, gw, &used),
+            Err(IpamError::Exhausted("10.1.0.0/30".into()))
+        );
         let v6 = net("fd00:1::/64");
-        assert_eq!(allocate(&v6, default_gateway(&v6), &HashSet::new()).unwrap(), "fd00:1::2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            allocate(&v6, default_gateway(&v6), &HashSet::new()).unwrap(),
+            "fd00:1::2".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -208,16 +216,32 @@ mod tests {
         let gw = default_gateway(&n);
         let used: HashSet<IpAddr> = ["10.1.0.7".parse().unwrap()].into();
         assert!(check_static(&n, gw, "10.1.0.8".parse().unwrap(), &used).is_ok());
-        assert!(matches!(check_static(&n, gw, "10.1.0.7".parse().unwrap(), &used), Err(IpamError::InUse(_))));
-        assert!(matches!(check_static(&n, gw, "10.2.0.7".parse().unwrap(), &used), Err(IpamError::Outside { .. })));
+        assert!(matches!(
+            check_static(&n, gw, "10.1.0.7".parse().unwrap(), &used),
+            Err(IpamError::InUse(_))
+        ));
+        assert!(matches!(
+            check_static(&n, gw, "10.2.0.7".parse().unwrap(), &used),
+            Err(IpamError::Outside { .. })
+        ));
         for r in ["10.1.0.0", "10.1.0.1", "10.1.0.255"] {
-            assert!(matches!(check_static(&n, gw, r.parse().unwrap(), &used), Err(IpamError::Reserved { .. })), "{r}");
+            assert!(
+                matches!(
+                    check_static(&n, gw, r.parse().unwrap(), &used),
+                    Err(IpamError::Reserved { .. })
+                ),
+                "{r}"
+            );
         }
     }
 
     #[test]
     fn picked_subnets_avoid_taken_ones() {
-        let taken = vec![net("10.77.0.0/24"), net("10.77.1.0/25"), net("10.0.0.0/8").trunc()];
+        let taken = vec![
+            net("10.77.0.0/24"),
+            net("10.77.1.0/25"),
+            net("10.0.0.0/8").trunc(),
+        ];
         assert_eq!(pick_subnet(&taken[..2]).unwrap().to_string(), "10.77.2.0/24");
         assert_eq!(pick_subnet(&taken), Err(IpamError::NoFreeSubnet));
         assert!(overlaps(&net("10.0.0.0/8"), &net("10.77.3.0/24")));

@@ -27,7 +27,10 @@ pub enum NetError {
     #[error("Link {0} does not exist")]
     Missing(String),
     #[error("Network namespace {path}: {reason}")]
-    Netns { path: std::path::PathBuf, reason: String },
+    Netns {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("nftables: {0}")]
     Nftables(String),
     #[error("Cannot set sysctl {key}: {reason}")]

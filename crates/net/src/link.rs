@@ -58,7 +58,11 @@ pub fn add_veth(
     peer_msg
         .attributes
         .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
-    let mut msg = new_link(host, InfoKind::Veth, Some(InfoData::Veth(InfoVeth::Peer(peer_msg))));
+    let mut msg = new_link(
+        host,
+        InfoKind::Veth,
+        Some(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+    );
     msg.attributes.push(LinkAttribute::Mtu(mtu));
     create(nl, msg)
 }
@@ -197,7 +201,8 @@ pub fn ipv4_routes() -> Vec<ipnet::Ipv4Net> {
             let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
             // The numbers are the network-order bytes read as a native integer; a default route is no subnet.
             let prefix = mask.count_ones() as u8;
-            (prefix > 0).then(|| ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(dest.to_ne_bytes()), prefix).ok())?
+            (prefix > 0)
+                .then(|| ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(dest.to_ne_bytes()), prefix).ok())?
         })
         .collect()
 }

@@ -41,11 +41,7 @@ impl Netlink {
 
     /// Reads messages for `seq` and hands each to `each`; stops at the acknowledgement, the end of a dump,
     /// or an error (returned as the errno it carries).
-    fn receive(
-        &mut self,
-        seq: u32,
-        mut each: impl FnMut(RouteNetlinkMessage),
-    ) -> io::Result<()> {
+    fn receive(&mut self, seq: u32, mut each: impl FnMut(RouteNetlinkMessage)) -> io::Result<()> {
         loop {
             let (buf, _) = self.socket.recv_from_full()?;
             let mut offset = 0;
@@ -54,7 +50,10 @@ impl Netlink {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "empty netlink message"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "empty netlink message",
+                    ));
                 }
                 offset += (len + 3) & !3;
                 if msg.header.sequence_number != seq {

@@ -45,8 +45,15 @@ impl NetNs {
                 .map_err(|e| err("bind mount", &e))?;
                 let mut nl = Netlink::open().map_err(|e| err("netlink", &e))?;
                 let lo = link::index("lo").ok_or_else(|| err("loopback", &"missing"))?;
-                link::set(&mut nl, lo, LinkChange { up: true, ..Default::default() })
-                    .map_err(|e| err("loopback up", &e))
+                link::set(
+                    &mut nl,
+                    lo,
+                    LinkChange {
+                        up: true,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| err("loopback up", &e))
             })
             .join()
             .unwrap_or_else(|_| Err(err("thread", &"panicked")))

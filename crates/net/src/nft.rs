@@ -31,13 +31,18 @@ struct Lib {
 
 fn load() -> Result<Lib, String> {
     // SAFETY: libnftables runs no code of consequence when loaded (no constructors with side effects).
-    let lib = unsafe { libloading::Library::new("libnftables.so.1") }
-        .map_err(|e| format!("Cannot load libnftables.so.1 (install Debian's nftables or libnftables1): {e}"))?;
+    let lib = unsafe { libloading::Library::new("libnftables.so.1") }.map_err(|e| {
+        format!("Cannot load libnftables.so.1 (install Debian's nftables or libnftables1): {e}")
+    })?;
     macro_rules! sym {
         ($name:literal, $t:ty) => {
             // SAFETY: the symbol has this C signature in libnftables 1.x (nftables/libnftables.h).
-            *unsafe { lib.get::<$t>($name) }
-                .map_err(|e| format!("libnftables.so.1 lacks {}: {e}", String::from_utf8_lossy($name)))?
+            *unsafe { lib.get::<$t>($name) }.map_err(|e| {
+                format!(
+                    "libnftables.so.1 lacks {}: {e}",
+                    String::from_utf8_lossy($name)
+                )
+            })?
         };
     }
     Ok(Lib {
@@ -55,7 +60,9 @@ fn load() -> Result<Lib, String> {
 
 fn lib() -> Result<&'static Lib, NetError> {
     static LIB: OnceLock<Result<Lib, String>> = OnceLock::new();
-    LIB.get_or_init(load).as_ref().map_err(|e| NetError::Nftables(e.clone()))
+    LIB.get_or_init(load)
+        .as_ref()
+        .map_err(|e| NetError::Nftables(e.clone()))
 }
 
 /// Runs `commands` (an nftables JSON document; one batch, applied atomically) and returns what nft
@@ -85,7 +92,10 @@ pub fn run(commands: &serde_json::Value) -> Result<String, NetError> {
         let err = copy((lib.error)(ctx));
         (lib.free)(ctx);
         if rc != 0 {
-            let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown error");
+            let first = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("unknown error");
             return Err(NetError::Nftables(first.trim().to_string()));
         }
         Ok(out)

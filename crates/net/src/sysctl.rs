@@ -4,7 +4,10 @@ use crate::NetError;
 
 pub fn write(key: &str, value: &str) -> Result<(), NetError> {
     let path = format!("/proc/sys/{key}");
-    if std::fs::read_to_string(&path).map(|v| v.trim() == value).unwrap_or(false) {
+    if std::fs::read_to_string(&path)
+        .map(|v| v.trim() == value)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     std::fs::write(&path, value).map_err(|e| NetError::Sysctl {

@@ -48,7 +48,11 @@ pub fn attach(ns: &NetNs, bridge: &str, ep: &Endpoint) -> Result<(), NetError> {
         link::set(
             &mut nl,
             host,
-            LinkChange { up: true, controller: Some(bridge_index), ..Default::default() },
+            LinkChange {
+                up: true,
+                controller: Some(bridge_index),
+                ..Default::default()
+            },
         )
         .map_err(|e| failed(&ep.host_ifname, "attach to bridge", e))?;
         ns.enter(|| configure_inside(ep))
@@ -68,7 +72,12 @@ pub fn configure_inside(ep: &Endpoint) -> Result<(), NetError> {
     link::set(
         &mut nl,
         i,
-        LinkChange { up: true, mac: Some(ep.mac), mtu: Some(ep.mtu), ..Default::default() },
+        LinkChange {
+            up: true,
+            mac: Some(ep.mac),
+            mtu: Some(ep.mtu),
+            ..Default::default()
+        },
     )
     .map_err(|e| failed(&ep.ifname, "configure", e))?;
     for (addr, prefix) in &ep.addresses {
@@ -83,7 +92,9 @@ pub fn configure_inside(ep: &Endpoint) -> Result<(), NetError> {
 /// Removes the interface `ifname` from `ns` (its veth peer on the bridge goes with it).
 pub fn detach(ns: &NetNs, ifname: &str) -> Result<(), NetError> {
     ns.enter(|| {
-        let Some(i) = link::index(ifname) else { return Ok(()) };
+        let Some(i) = link::index(ifname) else {
+            return Ok(());
+        };
         let mut nl = Netlink::open().map_err(|e| failed(ifname, "open netlink for", e))?;
         match link::delete(&mut nl, i) {
             Err(e) if e.raw_os_error() != Some(libc::ENODEV) => Err(failed(ifname, "delete", e)),

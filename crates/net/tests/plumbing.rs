@@ -13,7 +13,8 @@ use vessel_net::{bridge, link, veth};
 fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a network namespace (run as root)");
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare a network namespace (run as root)");
             f()
         })
         .join()
@@ -30,7 +31,10 @@ fn bridge_veth_addresses_routes_and_firewall() {
         let br = bridge::Bridge {
             name: "vessel0".into(),
             mtu: 1500,
-            addresses: vec![("10.99.0.1".parse().unwrap(), 24), ("fd99::1".parse().unwrap(), 64)],
+            addresses: vec![
+                ("10.99.0.1".parse().unwrap(), 24),
+                ("fd99::1".parse().unwrap(), 64),
+            ],
         };
         bridge::ensure(&br).unwrap();
         bridge::ensure(&br).expect("ensure is idempotent");
@@ -41,7 +45,10 @@ fn bridge_veth_addresses_routes_and_firewall() {
             host_ifname: "vtest0".into(),
             mac: [0x02, 0, 0, 0, 0, 9],
             mtu: 1500,
-            addresses: vec![("10.99.0.2".parse().unwrap(), 24), ("fd99::2".parse().unwrap(), 64)],
+            addresses: vec![
+                ("10.99.0.2".parse().unwrap(), 24),
+                ("fd99::2".parse().unwrap(), 64),
+            ],
             gateways: vec!["10.99.0.1".parse().unwrap(), "fd99::1".parse().unwrap()],
         };
         veth::attach(&ns, "vessel0", &ep).unwrap();
@@ -58,7 +65,9 @@ fn bridge_veth_addresses_routes_and_firewall() {
                 .enter(move || {
                     let routes = std::fs::read_to_string("/proc/self/net/route").unwrap_or_default();
                     let mut s = TcpStream::connect((host_ip, port)).map_err(|e| {
-                        vessel_net::NetError::Missing(format!("connect from the instance: {e}; routes: {routes}"))
+                        vessel_net::NetError::Missing(format!(
+                            "connect from the instance: {e}; routes: {routes}"
+                        ))
                     })?;
                     s.write_all(b"hi").unwrap();
                     let inner = TcpListener::bind((inst_ip, 0)).unwrap();
@@ -95,7 +104,11 @@ fn bridge_veth_addresses_routes_and_firewall() {
         let listing = vessel_net::nft::list_ruleset().unwrap().to_string();
         assert!(listing.contains("\"vessel\""), "{listing}");
         assert!(listing.contains("dnat"), "{listing}");
-        firewall::apply(&Firewall { table: "vessel".into(), ..Default::default() }).unwrap();
+        firewall::apply(&Firewall {
+            table: "vessel".into(),
+            ..Default::default()
+        })
+        .unwrap();
         let listing = vessel_net::nft::list_ruleset().unwrap().to_string();
         assert!(!listing.contains("\"vessel\""), "{listing}");
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "t/busybox";
 
 pub struct Daemon {
+    /// vesseld's own network namespace: its bridges, nftables table and sysctls never touch the host's.
+    pub netns: Option<vessel_net::netns::NetNs>,
     pub base: PathBuf,
     pub root: PathBuf,
     pub run: PathBuf,
@@ -59,7 +61,11 @@ impl Daemon {
         let name = format!("vt-{tag}-{}", std::process::id());
         let base = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let netns = vessel_net::netns::NetNs::create(&base.join("host.netns"))
+            .expect("a network namespace for vesseld (run the tests as root)");
         let mut d = Daemon {
+            netns: Some(netns),
             root: base.join("root"),
             run: base.join("run"),
             base,
@@ -104,7 +110,23 @@ impl Daemon {
             .append(true)
             .open(self.base.join("vesseld.log"))
             .unwrap();
-        let child = Command::new(bin("vesseld"))
+        let mut command = Command::new(bin("vesseld"));
+        if let Some(ns) = &self.netns {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = std::os::fd::AsFd::as_fd(ns).as_raw_fd();
+            // SAFETY: between fork and exec only setns(2), a single async-signal-safe syscall, runs; the fd
+            // stays open in the parent for the call.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("--root")
             .arg(&self.root)
             .arg("--run-dir")
@@ -139,6 +161,12 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs `f` on a thread in vesseld's network namespace (the "host" its instances see).
+    pub fn on_host<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = self.netns.as_ref().expect("vesseld's namespace");
+        ns.enter(|| Ok(f())).expect("enter vesseld's namespace")
     }
 
     pub fn daemon_log(&self) -> String {
@@ -267,7 +295,19 @@ impl Daemon {
                 left.push(format!("process {}: {text}", e.file_name().to_string_lossy()));
             }
         }
+        let links = self.on_host(|| {
+            let mut nl = vessel_net::netlink::Netlink::open().expect("netlink");
+            vessel_net::link::names(&mut nl).unwrap_or_default()
+        });
+        // Instances' host ends are v + 8 id digits + 6 network id digits.
+        for l in links
+            .iter()
+            .filter(|l| l.len() == 15 && l.starts_with('v') && !l.starts_with("vessel"))
+        {
+            left.push(format!("link: {l}"));
+        }
         for (what, dir) in [
+            ("network namespace", self.run.join("netns")),
             ("runtime state", self.run.join("runtime")),
             ("instance dir", self.root.join("instances")),
             ("supervisor socket", self.run.join("sup")),
@@ -306,6 +346,8 @@ impl Drop for Daemon {
             }
         }
         self.stop();
+        self.netns = None;
+        let _ = vessel_net::netns::remove(&self.base.join("host.netns"));
         for ctl in [
             "memory",
             "pids",

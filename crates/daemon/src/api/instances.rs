@@ -154,7 +154,7 @@ pub async fn create(
     params(("name" = String, Path, description = "Name, id or unique id prefix")),
     responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
 pub async fn inspect(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Instance>> {
-    Ok(Json(st.mgr.find(&name)?.instance))
+    Ok(Json(st.mgr.with_networks(st.mgr.find(&name)?.instance)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@ pub mod check;
 mod images;
 mod instances;
 mod metrics;
+mod networks;
 pub mod openapi;
 mod operations;
 mod streams;
@@ -83,7 +84,8 @@ impl From<ManagerError> for ApiError {
             ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ManagerError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             ManagerError::Store(StoreError::Ambiguous(_)) => StatusCode::BAD_REQUEST,
-            ManagerError::Store(StoreError::NameTaken(_)) => StatusCode::CONFLICT,
+            ManagerError::Store(StoreError::NameTaken(_) | StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            ManagerError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ManagerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -143,6 +145,13 @@ pub fn router(state: AppState) -> Router {
         .route("/1.0/images/{name}", get(images::inspect).delete(images::remove))
         .route("/1.0/images/{name}/tag", post(images::tag))
         .route("/1.0/images/{name}/push", post(images::push))
+        .route("/1.0/networks", get(networks::list).post(networks::create))
+        .route(
+            "/1.0/networks/{name}",
+            get(networks::inspect).delete(networks::delete),
+        )
+        .route("/1.0/networks/{name}/connect", post(networks::connect))
+        .route("/1.0/networks/{name}/disconnect", post(networks::disconnect))
         .route("/1.0/operations", get(operations::list))
         .route(
             "/1.0/operations/{id}",

@@ -5,8 +5,9 @@
 use axum::Json;
 use utoipa::OpenApi;
 use vessel_api::{
-    DeviceRate, ErrorBody, Event, ExecConfig, Image, ImageDetail, Info, Instance, InstanceConfig,
-    InstanceState, InstanceUpdate, Kind, Limits, LogRecord, Operation, OperationProgress, OperationStatus,
+    Attachment, ConnectRequest, DeviceRate, DisconnectRequest, ErrorBody, Event, ExecConfig, Image,
+    ImageDetail, Info, Instance, InstanceConfig, InstanceState, InstanceUpdate, Kind, Limits, LogRecord,
+    Network, NetworkConfig, NetworkRequest, Operation, OperationProgress, OperationStatus, PortMapping,
     PruneResult, PullRequest, PushRequest, RegistryAuth, Rename, RestartPolicy, StateChange, Stats, Status,
     TagRequest, Top, Ulimit, WaitResult,
 };
@@ -41,6 +42,12 @@ use vessel_api::{
         super::images::prune,
         super::images::pull,
         super::images::push,
+        super::networks::list,
+        super::networks::create,
+        super::networks::inspect,
+        super::networks::delete,
+        super::networks::connect,
+        super::networks::disconnect,
         super::operations::list,
         super::operations::show,
         super::operations::wait,
@@ -77,7 +84,14 @@ use vessel_api::{
         PushRequest,
         RegistryAuth,
         TagRequest,
-        DeviceRate
+        DeviceRate,
+        Network,
+        NetworkConfig,
+        NetworkRequest,
+        ConnectRequest,
+        DisconnectRequest,
+        Attachment,
+        PortMapping
     ))
 )]
 pub struct ApiDoc;

@@ -53,6 +53,19 @@ struct Args {
     /// inside unprivileged outside; needs idmapped mounts on the image store's filesystem) or host.
     #[arg(long = "userns-default", default_value = "auto", value_parser = ["host", "auto"])]
     userns_default: String,
+    /// A resolver (IP or IP:PORT) that networks' DNS forwards names it does not own to; repeatable.
+    /// Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", value_parser = parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
+}
+
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
 }
 
 fn main() -> ExitCode {
@@ -76,6 +89,7 @@ fn main() -> ExitCode {
         log_max_files: args.log_max_files,
         insecure_registries: args.insecure_registry,
         userns_default: args.userns_default,
+        dns_upstreams: args.dns_upstream,
         tcp: args.listen_tcp.map(|addr| vessel_daemon::tls::TcpConfig {
             addr,
             cert: args.tls_cert.clone().unwrap_or_default(),

@@ -298,7 +298,23 @@ pub fn block_device(path: &str) -> Result<(u64, u64), BundleError> {
     Ok((major, minor))
 }
 
+/// The instance's hostname: its own, else the first 12 digits of its id (docker's way).
+pub fn hostname(c: &InstanceConfig, id: &str) -> String {
+    c.hostname
+        .clone()
+        .unwrap_or_else(|| id.chars().take(12).collect())
+}
+
+/// An instance's network as its config.json sees it.
+pub struct NetSetup {
+    /// The kept network namespace to join; `None`: the host's network.
+    pub netns: Option<std::path::PathBuf>,
+    /// (destination, host file) pairs bind-mounted read-only: /etc/hosts, resolv.conf, hostname.
+    pub files: Vec<(String, std::path::PathBuf)>,
+}
+
 /// The full config.json of an instance whose root filesystem is mounted at `rootfs`.
+#[allow(clippy::too_many_arguments)]
 pub fn runtime_config(
     c: &InstanceConfig,
     id: &str,
@@ -307,6 +323,7 @@ pub fn runtime_config(
     rootfs: &Path,
     cgroup_path: &str,
     idmap: Option<vessel_api::IdMap>,
+    net: &NetSetup,
 ) -> Result<Value, BundleError> {
     let ic = image.config().clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &c.entrypoint {
@@ -335,10 +352,7 @@ pub fn runtime_config(
     for kv in ic.env().iter().flatten() {
         set(kv);
     }
-    let hostname = c
-        .hostname
-        .clone()
-        .unwrap_or_else(|| id.chars().take(12).collect());
+    let hostname = hostname(c, id);
     set(&format!("HOSTNAME={hostname}"));
     if c.tty {
         set("TERM=xterm");
@@ -404,6 +418,10 @@ pub fn runtime_config(
             mounts
                 .push(json!({ "destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options }));
         }
+        for (dest, source) in &net.files {
+            mounts.push(json!({ "destination": dest, "type": "bind", "source": source,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"] }));
+        }
         for v in &c.volumes {
             let (host, dest, ro) = parse_volume(v)?;
             let mode = if ro { "ro" } else { "rw" };
@@ -412,6 +430,16 @@ pub fn runtime_config(
         }
     }
     let linux = &mut spec["linux"];
+    if let Some(ns) = linux["namespaces"].as_array_mut() {
+        match &net.netns {
+            Some(path) => {
+                for n in ns.iter_mut().filter(|n| n["type"] == "network") {
+                    n["path"] = json!(path);
+                }
+            }
+            None => ns.retain(|n| n["type"] != "network"),
+        }
+    }
     if let Some(m) = idmap {
         // Its own user namespace: root inside is host uid m.uid, with no privilege over the host's files.
         if let Some(ns) = linux["namespaces"].as_array_mut() {

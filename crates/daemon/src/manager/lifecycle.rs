@@ -68,6 +68,7 @@ impl Manager {
         let inst2 = inst.clone();
         let spawned = tokio::task::spawn_blocking(move || {
             mgr.prepare_files(&inst2)?;
+            mgr.plumb(&inst2)?;
             mgr.spawn_supervisor(&inst2)
         })
         .await

@@ -11,6 +11,8 @@ mod idmap;
 mod images;
 mod lifecycle;
 mod names;
+pub mod networks;
+mod plumbing;
 pub mod reconcile;
 mod stats;
 mod streams;
@@ -72,6 +74,12 @@ pub struct Manager {
     image_lock: tokio::sync::Mutex<()>,
     /// Pulls, pushes, creates that pull, asynchronous deletes.
     pub ops: crate::operations::Operations,
+    /// Serializes network creates and deletes (the default network is made once).
+    net_lock: tokio::sync::Mutex<()>,
+    /// Serializes rebuilds of the nftables table.
+    firewall_lock: tokio::sync::Mutex<()>,
+    /// Each bridge network's DNS resolver, by network id.
+    net_runtimes: Mutex<HashMap<String, networks::NetworkRuntime>>,
 }
 
 /// What `POST /1.0/instances` did: made the instance, or started an operation that pulls its image first.
@@ -100,6 +108,9 @@ impl Manager {
             state_write: Mutex::new(()),
             image_lock: tokio::sync::Mutex::new(()),
             ops: Default::default(),
+            net_lock: tokio::sync::Mutex::new(()),
+            firewall_lock: tokio::sync::Mutex::new(()),
+            net_runtimes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -135,7 +146,12 @@ impl Manager {
     }
 
     pub fn list(&self) -> Result<Vec<Instance>, ManagerError> {
-        Ok(self.store.list()?.into_iter().map(|r| r.instance).collect())
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| self.with_networks(r.instance))
+            .collect())
     }
 
     /// Change an instance's recorded state in one transaction; returns the new record.
@@ -254,8 +270,41 @@ impl Manager {
                 stopped_by_user: false,
                 idmap: None,
             },
+            networks: Vec::new(),
         };
         let mut instance = instance;
+        // The networks it joins exist before its row does (the default one is made on first use).
+        let mut joins = Vec::new();
+        if instance.config.network_mode.is_none() {
+            let requests = if instance.config.networks.is_empty() {
+                vec![vessel_api::NetworkRequest {
+                    network: networks::DEFAULT_NETWORK.into(),
+                    ..Default::default()
+                }]
+            } else {
+                instance.config.networks.clone()
+            };
+            for req in requests {
+                let net = if req.network == networks::DEFAULT_NETWORK {
+                    self.default_network().await
+                } else {
+                    self.store.network(&req.network).map_err(|e| match e {
+                        StoreError::NotFound(_) => {
+                            ManagerError::NotFound(format!("No such network: {}", req.network))
+                        }
+                        e => e.into(),
+                    })
+                };
+                let net = match net {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.forget(&id);
+                        return Err(e);
+                    }
+                };
+                joins.push((net.id, req));
+            }
+        }
         let inserted = (|| {
             // Allocation and insert under one lock: two creates never get the same id block.
             let _g = self.state_write.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,6 +317,7 @@ impl Manager {
                     .collect();
                 instance.state.idmap = Some(idmap::allocate(&used)?);
             }
+            self.check_ports(&instance)?;
             self.store
                 .insert(&Record {
                     instance: instance.clone(),
@@ -278,7 +328,16 @@ impl Manager {
                         "The name {n:?} is already in use by another instance"
                     )),
                     e => e.into(),
-                })
+                })?;
+            // Addresses are chosen and recorded in the attachment's transaction; a failure takes the row
+            // (and so every attachment made) away again.
+            for (net_id, req) in &joins {
+                if let Err(e) = self.store.attach(&id, net_id, req) {
+                    let _ = self.store.delete(&id);
+                    return Err(e.into());
+                }
+            }
+            Ok(())
         })();
         if let Err(e) = inserted {
             self.forget(&id);
@@ -303,9 +362,18 @@ impl Manager {
             self.forget(&id);
             return Err(e);
         }
+        if let Err(e) = self.after_attachments_changed().await {
+            let mgr = self.clone();
+            let id2 = id.clone();
+            let _ = tokio::task::spawn_blocking(move || mgr.remove_files(&id2)).await;
+            let _ = self.store.delete(&id);
+            self.forget(&id);
+            let _ = self.after_attachments_changed().await;
+            return Err(e);
+        }
         let r = self.update_state(&id, |s, _| s.status = Status::Created)?;
         self.emit("created", &r.instance, None);
-        Ok(r.instance)
+        Ok(self.with_networks(r.instance))
     }
 
     /// The instance's root filesystem and config.json (made again at every start, as limits may change).
@@ -340,6 +408,11 @@ impl Manager {
         let image_config = store
             .config(&image)
             .map_err(|e| ManagerError::Internal(format!("Image {}: {e}", inst.image)))?;
+        let hostname = bundle::hostname(&inst.config, &inst.id);
+        let net = bundle::NetSetup {
+            netns: (inst.config.network_mode.as_deref() != Some("host")).then(|| self.netns_path(&inst.id)),
+            files: self.write_net_files(inst, &hostname)?,
+        };
         let spec = bundle::runtime_config(
             &inst.config,
             &inst.id,
@@ -348,6 +421,7 @@ impl Manager {
             &rootfs,
             &self.cfg.cgroup_path(&inst.id),
             inst.state.idmap,
+            &net,
         )?;
         let path = dir.join("config.json");
         crate::supervisor::write_atomic(&path, &serde_json::to_vec_pretty(&spec).unwrap_or_default())
@@ -368,6 +442,7 @@ impl Manager {
     fn remove_files(&self, id: &str) -> Result<(), ManagerError> {
         let _ = vessel_runtime::container::delete(&self.runtime(), id, true);
         self.remove_cgroup(id);
+        self.unplumb_all(id)?;
         let dir = self.cfg.instance_dir(id);
         Snapshot::at(&dir)
             .remove()
@@ -451,6 +526,7 @@ impl Manager {
             .await
             .map_err(|e| ManagerError::Internal(e.to_string()))??;
         self.store.delete(id)?;
+        self.after_attachments_changed().await?;
         self.emit("deleted", &r.instance, None);
         if let Some(l) = self.live.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             l.notify_exit();
@@ -470,6 +546,7 @@ impl Manager {
             e => e.into(),
         })?;
         let r = self.store.get(&id)?;
+        self.refresh_zones()?;
         self.emit("renamed", &r.instance, None);
         Ok(r.instance)
     }
@@ -577,6 +654,7 @@ pub fn validate_create(config: &mut InstanceConfig) -> Result<(), ManagerError> 
     if let Some(n) = &config.name {
         names::validate(n)?;
     }
+    validate_network_settings(config)?;
     vessel_image::reference::Reference::parse(&config.image)
         .map(|_| ())
         .or_else(|e| {
@@ -591,5 +669,55 @@ pub fn validate_create(config: &mut InstanceConfig) -> Result<(), ManagerError> 
                 )))
             }
         })?;
+    Ok(())
+}
+
+/// The network part of a create request: mode, networks, forwards, resolvers.
+fn validate_network_settings(config: &InstanceConfig) -> Result<(), ManagerError> {
+    let invalid = |m: String| Err(ManagerError::Invalid(m));
+    match config.network_mode.as_deref() {
+        None => {}
+        Some(m @ ("none" | "host")) => {
+            if !config.networks.is_empty() {
+                return invalid(format!("Network mode {m} cannot be combined with networks"));
+            }
+            if !config.ports.is_empty() {
+                return invalid(format!(
+                    "Network mode {m} has no port forwards: the instance's ports are {}",
+                    if m == "host" { "the host's" } else { "unreachable" }
+                ));
+            }
+        }
+        Some(other) => {
+            return invalid(format!(
+                "Unknown network mode {other:?}: use none, host or a network name"
+            ))
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for n in &config.networks {
+        if !seen.insert(n.network.as_str()) {
+            return invalid(format!("Network {} is named twice", n.network));
+        }
+        for a in &n.aliases {
+            names::validate(a)?;
+        }
+        if let Some(m) = &n.mac {
+            if vessel_net::ipam::parse_mac(m).is_none() {
+                return invalid(format!("{m:?} is not a unicast MAC address"));
+            }
+        }
+    }
+    for p in &config.ports {
+        p.validate().map_err(ManagerError::Invalid)?;
+    }
+    for d in &config.dns {
+        if d.parse::<std::net::IpAddr>().is_err() {
+            return invalid(format!("--dns {d:?} is not an IP address"));
+        }
+    }
+    if config.net_rate == Some(0) {
+        return invalid("--net-rate must be more than 0".into());
+    }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Report {
 impl Manager {
     pub async fn reconcile(self: &Arc<Self>) -> Result<Report, ManagerError> {
         let mut report = Report::default();
+        // Networks first: an instance restarted below by its policy needs its bridge.
+        self.restore_networks(&mut report.lines).await?;
         let records = self.store.list()?;
         let mut known = HashSet::new();
         for r in records {
@@ -127,6 +129,13 @@ impl Manager {
             .await
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         report.lines.extend(orphans);
+        let mgr = self.clone();
+        let plumbing = tokio::task::spawn_blocking(move || mgr.reconcile_plumbing())
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))??;
+        report.lines.extend(plumbing);
+        // Records removed above took their attachments with them.
+        self.after_attachments_changed().await?;
         Ok(report)
     }
 

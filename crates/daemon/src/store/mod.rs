@@ -1,9 +1,11 @@
 //! vesseld's state store: the instance records, each change one transaction. Behind [`InstanceStore`], so
 //! that cluster-wide records can later move to etcd while a host's own stay in SQLite ([`SqliteStore`]).
 
+mod networks;
 mod schema;
 mod sqlite;
 
+pub use networks::{AttachmentRecord, NetworkStore};
 pub use sqlite::SqliteStore;
 
 use vessel_api::{Instance, InstanceConfig, InstanceState};
@@ -37,12 +39,18 @@ pub enum StoreError {
     Ambiguous(String),
     #[error("The store's record of {id} is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
+    /// A request the store refuses as wrong (an address outside the subnet, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A request that clashes with what is stored (an address in use, a network in use, ...).
+    #[error("{0}")]
+    Conflict(String),
     #[error("Store error: {0}")]
     Sql(#[from] rusqlite::Error),
 }
 
 /// The records vesseld keeps about instances. vesseld is the only writer; every method is one transaction.
-pub trait InstanceStore: Send + Sync {
+pub trait InstanceStore: NetworkStore + Send + Sync {
     fn insert(&self, record: &Record) -> Result<(), StoreError>;
     fn get(&self, id: &str) -> Result<Record, StoreError>;
     /// By exact name, exact id, or unique id prefix (as docker resolves them).

@@ -19,6 +19,30 @@ const MIGRATIONS: &[&str] = &[
         supervisor_pid INTEGER,
         supervisor_start INTEGER
     );",
+    // 2: networks and attachments. An address is unique per network by constraint, and an instance's
+    // attachments go with its row (ON DELETE CASCADE), so allocating or releasing one is part of the
+    // transaction that attaches, detaches or deletes. `spec` is the JSON of vessel_api::Network.
+    "CREATE TABLE networks (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL
+    );
+    CREATE TABLE attachments (
+        instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+        network_id TEXT NOT NULL REFERENCES networks(id),
+        seq INTEGER NOT NULL,
+        ifname TEXT NOT NULL,
+        host_ifname TEXT NOT NULL UNIQUE,
+        mac TEXT NOT NULL,
+        ip4 TEXT,
+        ip6 TEXT,
+        aliases TEXT NOT NULL,
+        PRIMARY KEY (instance_id, network_id),
+        UNIQUE (network_id, ip4),
+        UNIQUE (network_id, ip6),
+        UNIQUE (network_id, mac),
+        UNIQUE (instance_id, ifname)
+    );",
 ];
 
 pub fn latest() -> i64 {

@@ -32,6 +32,8 @@ impl SqliteStore {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
+        // Attachments go with their instance (ON DELETE CASCADE), and a network in use cannot go.
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         match schema::migrate(&mut conn) {
             Ok(_) => {}
             Err(MigrateError::TooNew(found)) => {
@@ -48,7 +50,7 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (it has its own transactions).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -88,6 +90,7 @@ fn from_row(row: &Row) -> rusqlite::Result<Result<Record, StoreError>> {
             created_at: row.get(5)?,
             config,
             state,
+            networks: Vec::new(),
         },
         supervisor: sup_pid.map(|pid| SupervisorRef {
             pid,
@@ -96,11 +99,11 @@ fn from_row(row: &Row) -> rusqlite::Result<Result<Record, StoreError>> {
     }))
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-fn unique_violation(e: &rusqlite::Error) -> bool {
+pub(super) fn unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
@@ -261,6 +264,7 @@ mod tests {
                     stopped_by_user: false,
                     idmap: None,
                 },
+                networks: Vec::new(),
             },
             supervisor: None,
         }
