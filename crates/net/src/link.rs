@@ -7,8 +7,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    MacVlanMode,
+    InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth, InfoVlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -122,6 +122,18 @@ pub fn set(nl: &mut Netlink, index: u32, change: LinkChange<'_>) -> io::Result<(
         msg.attributes.push(LinkAttribute::IfName(n.into()));
     }
     nl.request(RouteNetlinkMessage::SetLink(msg), 0)
+}
+
+/// Hairpin mode on a bridge port: a frame may leave by the port it came in. With br_netfilter loaded, an
+/// instance reaching its own port forward is DNAT'ed at the bridge and must go back out of its own port.
+pub fn set_hairpin(nl: &mut Netlink, index: u32) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)])),
+    ]));
+    nl.request(RouteNetlinkMessage::NewLink(msg), 0)
 }
 
 pub fn delete(nl: &mut Netlink, index: u32) -> io::Result<()> {

@@ -43,6 +43,11 @@ impl NetNs {
                     None::<&str>,
                 )
                 .map_err(|e| err("bind mount", &e))?;
+                // Docker's defaults: any port and ping for the instance's own users. Its root, in a user
+                // namespace of its own, has no privilege over this namespace (owned by ours), so without
+                // these it could not serve on port 80.
+                crate::sysctl::write("net/ipv4/ip_unprivileged_port_start", "0")?;
+                crate::sysctl::write("net/ipv4/ping_group_range", "0 2147483647")?;
                 let mut nl = Netlink::open().map_err(|e| err("netlink", &e))?;
                 let lo = link::index("lo").ok_or_else(|| err("loopback", &"missing"))?;
                 link::set(

@@ -55,6 +55,7 @@ pub fn attach(ns: &NetNs, bridge: &str, ep: &Endpoint) -> Result<(), NetError> {
             },
         )
         .map_err(|e| failed(&ep.host_ifname, "attach to bridge", e))?;
+        link::set_hairpin(&mut nl, host).map_err(|e| failed(&ep.host_ifname, "set hairpin mode on", e))?;
         ns.enter(|| configure_inside(ep))
     })();
     if plumbed.is_err() {
