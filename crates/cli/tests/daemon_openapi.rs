@@ -96,6 +96,27 @@ fn every_documented_operation_answers_and_every_body_refuses_unknown_fields() {
             "",
             200,
         ),
+        (
+            "POST /1.0/networks",
+            "/1.0/networks",
+            r#"{"name":"n1","subnet":"10.40.0.0/24","ipv6":true}"#,
+            201,
+        ),
+        ("GET /1.0/networks", "/1.0/networks", "", 200),
+        ("GET /1.0/networks/{name}", "/1.0/networks/n1", "", 200),
+        (
+            "POST /1.0/networks/{name}/connect",
+            "/1.0/networks/n1/connect",
+            r#"{"instance":"o1","ip":"10.40.0.9"}"#,
+            200,
+        ),
+        (
+            "POST /1.0/networks/{name}/disconnect",
+            "/1.0/networks/n1/disconnect",
+            r#"{"instance":"o1"}"#,
+            200,
+        ),
+        ("DELETE /1.0/networks/{name}", "/1.0/networks/n1", "", 204),
         ("GET /1.0/images", "/1.0/images", "", 200),
         ("GET /1.0/images/{name}", "/1.0/images/t%2Fbusybox", "", 200),
         (
@@ -237,6 +258,36 @@ fn every_documented_operation_answers_and_every_body_refuses_unknown_fields() {
             "POST",
             "/1.0/images/t%2Fbusybox/tag",
             r#"{"name":"x","bogus":1}"#,
+        ),
+        (
+            "NetworkConfig",
+            "POST",
+            "/1.0/networks",
+            r#"{"name":"x","bogus":1}"#,
+        ),
+        (
+            "NetworkRequest",
+            "POST",
+            "/1.0/instances",
+            r#"{"image":"t/busybox","networks":[{"network":"vessel0","bogus":1}]}"#,
+        ),
+        (
+            "PortMapping",
+            "POST",
+            "/1.0/instances",
+            r#"{"image":"t/busybox","ports":[{"host_port":1,"port":1,"bogus":1}]}"#,
+        ),
+        (
+            "ConnectRequest",
+            "POST",
+            "/1.0/networks/vessel0/connect",
+            r#"{"instance":"o1","bogus":1}"#,
+        ),
+        (
+            "DisconnectRequest",
+            "POST",
+            "/1.0/networks/vessel0/disconnect",
+            r#"{"instance":"o1","bogus":1}"#,
         ),
     ];
     let mut request_schemas = BTreeSet::new();

@@ -119,7 +119,7 @@ impl AsFd for NetNs {
 /// Whether a namespace is mounted at `path`.
 pub fn is_namespace(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
         .unwrap_or(false)
 }
 
