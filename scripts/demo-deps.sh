@@ -2,7 +2,7 @@
 # What scripts/demo needs on Debian 12 (a C toolchain for the bundled SQLite and libseccomp's headers for
 # the build; busybox-static for the bundled image), installed only when missing. Run as root.
 set -euo pipefail
-packages=(gcc libc6-dev pkg-config libseccomp-dev busybox-static)
+packages=(gcc libc6-dev pkg-config libseccomp-dev busybox-static libnftables1)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

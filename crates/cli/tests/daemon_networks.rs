@@ -47,6 +47,7 @@ impl Outside {
                 mtu: 1500,
                 addresses: vec![(OUTSIDE.parse().unwrap(), 24)],
                 gateways: vec![HOST_OUT.parse().unwrap()],
+                rate: None,
             })
         })
         .unwrap();
@@ -418,5 +419,216 @@ fn bad_network_input_is_one_line_and_changes_nothing() {
         before_nets.matches("\"name\"").count() + 1
     );
     d.ok(&["rm", "-f", "first"]);
+    d.assert_clean_after_rm_all();
+}
+
+/// bits per second of `bytes` over `secs`.
+fn rate(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 * 8.0 / secs
+}
+
+#[test]
+fn net_rate_limits_each_direction_to_within_ten_percent() {
+    let d = Daemon::start("net-rate");
+    const LIMIT: f64 = 20e6;
+    const BYTES: usize = 6 << 20;
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--net-rate",
+        "20m",
+        IMAGE,
+        "sh",
+        "-c",
+        // Reads everything, then says so on the same connection (a receiver's own end, not our buffers').
+        "nc -l -p 5001 -e sh -c 'head -c 6291456 > /dev/null; echo done'; exec sleep 3600",
+    ]);
+    d.until(10, "slow listens", || {
+        d.vessel(&["exec", "slow", "sh", "-c", "netstat -ltn | grep -q :5001"])
+            .status
+            .success()
+    });
+    let ip = ip_of(&d, "slow", "vessel0", "ip");
+    let gateway = d.inspect("slow")["networks"][0]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Into the instance: the host writes; the instance answers once it has read everything.
+    let secs_in = d.on_host(|| {
+        let mut s = TcpStream::connect((ip.as_str(), 5001)).unwrap();
+        let start = std::time::Instant::now();
+        s.write_all(&vec![0u8; BYTES]).unwrap();
+        let mut done = [0u8; 4];
+        s.read_exact(&mut done).unwrap();
+        assert_eq!(&done, b"done");
+        start.elapsed().as_secs_f64()
+    });
+    // Out of it: the instance sends, the host times from the first byte to the end.
+    let listener = d.on_host(|| TcpListener::bind((gateway.as_str(), 6001)).unwrap());
+    let receiver = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0;
+        let mut start = None;
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            start.get_or_insert_with(std::time::Instant::now);
+            total += n;
+        }
+        (total, start.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0))
+    });
+    let send = format!(
+        "dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {gateway} 6001",
+        BYTES / 65536
+    );
+    d.ok(&["exec", "slow", "sh", "-c", &send]);
+    let (got, secs_out) = receiver.join().unwrap();
+    assert_eq!(got, BYTES);
+    for (dir, measured) in [("in", rate(BYTES, secs_in)), ("out", rate(BYTES, secs_out))] {
+        let ratio = measured / LIMIT;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "{dir}: {measured:.0} bit/s against a limit of {LIMIT} ({ratio:.3})"
+        );
+    }
+    d.ok(&["rm", "-f", "slow"]);
+    d.assert_clean_after_rm_all();
+}
+
+#[test]
+fn kill_9_while_attaching_and_detaching_never_gives_an_address_twice_nor_leaks() {
+    let mut d = Daemon::start("net-chaos");
+    d.ok(&["network", "create", "--subnet", "10.50.0.0/24", "side"]);
+    d.ok(&["run", "-d", "--name", "x", IMAGE, "sleep", "3600"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "y",
+        "--network",
+        "side",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    let on_side = |d: &Daemon, name: &str| {
+        d.inspect(name)["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["network"] == "side")
+            .map(|a| a["ip"].as_str().unwrap().to_string())
+    };
+    for i in 0..200u64 {
+        let verb = if i % 2 == 0 { "connect" } else { "disconnect" };
+        let mut client = d
+            .cmd(&["network", verb, "side", "x"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // A spread of moments: before, during and after the plumbing.
+        std::thread::sleep(Duration::from_micros((i * 7919) % 40_000));
+        d.kill9();
+        let _ = client.wait();
+        d.spawn();
+        if i % 20 == 19 {
+            let x = on_side(&d, "x");
+            let y = on_side(&d, "y");
+            assert!(y.is_some());
+            assert_ne!(x, y, "one address given twice");
+            let links = d.ok(&["exec", "x", "ip", "-o", "link"]);
+            assert_eq!(
+                links.contains("eth1"),
+                x.is_some(),
+                "round {i}: store says {x:?}, instance has {links}"
+            );
+        }
+    }
+    // Still in working order: both verbs, and the interface follows.
+    if on_side(&d, "x").is_none() {
+        d.ok(&["network", "connect", "side", "x"]);
+    }
+    let x = on_side(&d, "x").unwrap();
+    assert_ne!(Some(x.clone()), on_side(&d, "y"));
+    d.ok(&["network", "disconnect", "side", "x"]);
+    assert!(!d.ok(&["exec", "x", "ip", "-o", "link"]).contains("eth1"));
+    d.ok(&["rm", "-f", "x", "y"]);
+    d.ok(&["network", "rm", "side"]);
+    d.assert_clean_after_rm_all();
+}
+
+#[test]
+fn many_create_delete_cycles_leave_links_rules_and_addresses_as_they_were() {
+    let d = Daemon::start("net-cycles");
+    d.ok(&["network", "create", "--ipv6", "churn"]);
+    let snapshot = |d: &Daemon| {
+        d.on_host(|| {
+            let mut nl = Netlink::open().unwrap();
+            let mut links = link::names(&mut nl).unwrap();
+            links.sort();
+            let rules = vessel_net::nft::list_ruleset().unwrap();
+            // Handles differ from one rebuild of the table to the next; the rules must not.
+            let mut items: Vec<String> = rules["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    let mut i = i.clone();
+                    for k in ["rule", "chain", "table"] {
+                        if let Some(o) = i.get_mut(k).and_then(|v| v.as_object_mut()) {
+                            o.remove("handle");
+                        }
+                    }
+                    i.to_string()
+                })
+                .collect();
+            items.sort();
+            (links, items)
+        })
+    };
+    let cycles: usize = std::env::var("VESSEL_TEST_NET_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let before = snapshot(&d);
+    let threads = 4;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let d = &d;
+            s.spawn(move || {
+                for i in (t..cycles).step_by(threads) {
+                    let name = format!("c{i}");
+                    let port = format!("{}:80", 20000 + i);
+                    d.ok(&[
+                        "run",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--network",
+                        "churn",
+                        "-p",
+                        &port,
+                        IMAGE,
+                        "sleep",
+                        "60",
+                    ]);
+                    d.ok(&["rm", "-f", &name]);
+                }
+            });
+        }
+    });
+    let after = snapshot(&d);
+    assert_eq!(before.0, after.0, "links differ after {cycles} cycles");
+    assert_eq!(before.1, after.1, "nftables rules differ after {cycles} cycles");
+    assert_eq!(
+        d.inspect_network("churn")["instances"].as_array().unwrap().len(),
+        0
+    );
     d.assert_clean_after_rm_all();
 }

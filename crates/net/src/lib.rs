@@ -11,6 +11,7 @@ pub mod link;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod rate;
 pub mod sysctl;
 pub mod veth;
 

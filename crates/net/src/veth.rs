@@ -23,6 +23,8 @@ pub struct Endpoint {
     /// Gateways for default routes (none on an instance's second network unless it is its first of that
     /// family).
     pub gateways: Vec<IpAddr>,
+    /// A bandwidth limit each way, in bits per second.
+    pub rate: Option<u64>,
 }
 
 fn failed(name: &str, what: &str, e: std::io::Error) -> NetError {
@@ -56,6 +58,9 @@ pub fn attach(ns: &NetNs, bridge: &str, ep: &Endpoint) -> Result<(), NetError> {
         )
         .map_err(|e| failed(&ep.host_ifname, "attach to bridge", e))?;
         link::set_hairpin(&mut nl, host).map_err(|e| failed(&ep.host_ifname, "set hairpin mode on", e))?;
+        if let Some(r) = ep.rate {
+            crate::rate::limit(&mut nl, host, r).map_err(|e| failed(&ep.host_ifname, "rate-limit", e))?;
+        }
         ns.enter(|| configure_inside(ep))
     })();
     if plumbed.is_err() {
@@ -86,6 +91,9 @@ pub fn configure_inside(ep: &Endpoint) -> Result<(), NetError> {
     }
     for gw in &ep.gateways {
         link::add_default_route(&mut nl, *gw, i).map_err(|e| failed(&ep.ifname, "route", e))?;
+    }
+    if let Some(r) = ep.rate {
+        crate::rate::limit(&mut nl, i, r).map_err(|e| failed(&ep.ifname, "rate-limit", e))?;
     }
     Ok(())
 }

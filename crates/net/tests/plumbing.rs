@@ -50,6 +50,7 @@ fn bridge_veth_addresses_routes_and_firewall() {
                 ("fd99::2".parse().unwrap(), 64),
             ],
             gateways: vec!["10.99.0.1".parse().unwrap(), "fd99::1".parse().unwrap()],
+            rate: None,
         };
         veth::attach(&ns, "vessel0", &ep).unwrap();
         assert!(link::index("vtest0").is_some(), "host end on the host");

@@ -246,6 +246,10 @@ impl Daemon {
         self.json("GET", &format!("/1.0/instances/{name}"), "")
     }
 
+    pub fn inspect_network(&self, name: &str) -> serde_json::Value {
+        self.json("GET", &format!("/1.0/networks/{name}"), "")
+    }
+
     pub fn status(&self, name: &str) -> String {
         self.inspect(name)["state"]["status"]
             .as_str()

@@ -126,6 +126,7 @@ impl Manager {
             mtu: n.mtu,
             addresses: Vec::new(),
             gateways: Vec::new(),
+            rate: inst.config.net_rate,
         };
         if let Some(ip) = a.ip4 {
             ep.addresses.push((IpAddr::V4(ip), prefix(&n.subnet)));
