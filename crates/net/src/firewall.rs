@@ -370,7 +370,15 @@ pub fn coexist_commands(
 /// Makes the calling thread's namespace hold exactly `fw`: vessel's table rebuilt and its rules in other
 /// chains refreshed, all in one transaction.
 pub fn apply(fw: &Firewall) -> Result<(), NetError> {
-    let ruleset = nft::list_ruleset()?;
+    let ruleset = match nft::list_ruleset() {
+        // Without libnftables nothing of ours can be there to remove; only a table to make needs it.
+        Err(NetError::Nftables(e))
+            if e.starts_with("Cannot load") && fw.networks.is_empty() && fw.forwards.is_empty() =>
+        {
+            return Ok(())
+        }
+        r => r?,
+    };
     let (chains, tagged) = foreign_chains(&fw.table, &ruleset);
     let mut commands = coexist_commands(fw, &chains, &tagged);
     commands.extend(table_commands(fw));
