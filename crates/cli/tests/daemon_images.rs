@@ -154,7 +154,7 @@ fn marked_rootfs(d: &Daemon, tag: &str) -> PathBuf {
 
 #[test]
 fn push_pull_and_run_on_demand_through_the_daemon_keep_images_for_their_instances() {
-    let d = Daemon::start("images");
+    let d = Daemon::start_on_host_network("images", &[]);
     let reg = Registry::start(&d.base.join("registry"));
     let remote = format!("{}/t/marked:1", reg.addr);
     d.ok(&[
@@ -172,7 +172,17 @@ fn push_pull_and_run_on_demand_through_the_daemon_keep_images_for_their_instance
     let base_layers = layers();
 
     // A run whose image is not in the store pulls it first (202 + an operation), with progress on stderr.
-    let run = d.vessel(&["run", "--rm", "--name", "ondemand", &remote, "cat", "/marker"]);
+    let run = d.vessel(&[
+        "run",
+        "--network",
+        "none",
+        "--rm",
+        "--name",
+        "ondemand",
+        &remote,
+        "cat",
+        "/marker",
+    ]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr),
@@ -199,7 +209,14 @@ fn push_pull_and_run_on_demand_through_the_daemon_keep_images_for_their_instance
     );
 
     // --pull never with an image not in the store: 404 at once, nothing made.
-    let err = d.fails(&["create", "--pull", "never", &format!("{}/t/none:1", reg.addr)]);
+    let err = d.fails(&[
+        "create",
+        "--network",
+        "none",
+        "--pull",
+        "never",
+        &format!("{}/t/none:1", reg.addr),
+    ]);
     assert!(err.contains("not in the image store"), "{err}");
     // A pull of what the registry does not have fails as an operation, with the registry's reason.
     let err = d.fails(&["pull", &format!("{}/t/none:1", reg.addr)]);
@@ -207,7 +224,16 @@ fn push_pull_and_run_on_demand_through_the_daemon_keep_images_for_their_instance
 
     // An instance holds its image: rmi is refused while it exists, -f drops the name, prune keeps its
     // layers and the instance still starts; once it is deleted, prune frees them.
-    d.ok(&["create", "--name", "holder", &remote, "cat", "/marker"]);
+    d.ok(&[
+        "create",
+        "--network",
+        "none",
+        "--name",
+        "holder",
+        &remote,
+        "cat",
+        "/marker",
+    ]);
     let err = d.fails(&["rmi", &remote]);
     assert!(err.contains("holder"), "{err}");
     d.ok(&["rmi", "-f", &remote]);
@@ -222,7 +248,17 @@ fn push_pull_and_run_on_demand_through_the_daemon_keep_images_for_their_instance
     assert_eq!(layers(), base_layers, "deleting the instance released its image");
 
     // An asynchronous delete: 202 with an operation, which ends with the instance gone.
-    d.ok(&["run", "-d", "--name", "later", IMAGE, "sleep", "300"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "later",
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
     let (status, text) = d.api("DELETE", "/1.0/instances/later?force=true&async=true", "");
     assert_eq!(status, 202, "{text}");
     let op: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -239,7 +275,7 @@ fn push_pull_and_run_on_demand_through_the_daemon_keep_images_for_their_instance
 
 #[test]
 fn a_slow_pull_shows_progress_and_is_cancelled_by_the_api_and_by_ctrl_c() {
-    let d = Daemon::start("pullcancel");
+    let d = Daemon::start_on_host_network("pullcancel", &[]);
     let reg = Registry::start(&d.base.join("registry"));
     d.ok(&["image", "import", &big_rootfs(&d).display().to_string(), "t/big"]);
     d.ok(&["push", "t/big", &format!("{}/t/big:1", reg.addr)]);

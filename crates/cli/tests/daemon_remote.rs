@@ -114,7 +114,7 @@ fn tcp_needs_tls_and_credentials_and_bad_ones_change_nothing() {
     std::fs::write(&tokens, "# who may come in\ns3cret-token\n").unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with(
+    let d = Daemon::start_on_host_network(
         "remote",
         &[
             "--listen-tcp",
@@ -149,9 +149,12 @@ fn tcp_needs_tls_and_credentials_and_bad_ones_change_nothing() {
         err
     };
     // No credentials: 401; a wrong token: 403; neither creates anything.
-    let err = one_line(&remote(&[], &["run", "-d", IMAGE, "true"]));
+    let err = one_line(&remote(&[], &["run", "-d", "--network", "none", IMAGE, "true"]));
     assert!(err.contains("Authentication required"), "{err}");
-    let err = one_line(&remote(&["--token", "guess"], &["run", "-d", IMAGE, "true"]));
+    let err = one_line(&remote(
+        &["--token", "guess"],
+        &["run", "-d", "--network", "none", IMAGE, "true"],
+    ));
     assert!(err.contains("not accepted"), "{err}");
     let (status, _) = raw_https(&addr, &ca, None);
     assert_eq!(status, 401);
@@ -174,7 +177,16 @@ fn tcp_needs_tls_and_credentials_and_bad_ones_change_nothing() {
     // The right token, or a certificate from the client CA: the whole API, streams included.
     let out = remote(
         &["--token", "s3cret-token"],
-        &["run", "--rm", IMAGE, "sh", "-c", "echo over tls; exit 4"],
+        &[
+            "run",
+            "--network",
+            "none",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo over tls; exit 4",
+        ],
     );
     assert_eq!(
         out.status.code(),
@@ -191,7 +203,17 @@ fn tcp_needs_tls_and_credentials_and_bad_ones_change_nothing() {
     ];
     let out = remote(
         &cert_args,
-        &["run", "-d", "--name", "viacert", IMAGE, "sleep", "30"],
+        &[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "viacert",
+            IMAGE,
+            "sleep",
+            "30",
+        ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = remote(&cert_args, &["exec", "viacert", "echo", "hi"]);

@@ -58,14 +58,27 @@ impl Daemon {
     }
 
     pub fn start_with(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_in(tag, extra, true)
+    }
+
+    /// vesseld in the host's network namespace, for tests whose peers listen on the host's loopback (a
+    /// registry, a TLS client); their instances must use `--network none`, so the host keeps its links and
+    /// firewall as they are.
+    pub fn start_on_host_network(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_in(tag, extra, false)
+    }
+
+    fn start_in(tag: &str, extra: &[&str], own_netns: bool) -> Daemon {
         let name = format!("vt-{tag}-{}", std::process::id());
         let base = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
-        let netns = vessel_net::netns::NetNs::create(&base.join("host.netns"))
-            .expect("a network namespace for vesseld (run the tests as root)");
+        let netns = own_netns.then(|| {
+            vessel_net::netns::NetNs::create(&base.join("host.netns"))
+                .expect("a network namespace for vesseld (run the tests as root)")
+        });
         let mut d = Daemon {
-            netns: Some(netns),
+            netns,
             root: base.join("root"),
             run: base.join("run"),
             base,
@@ -299,10 +312,14 @@ impl Daemon {
                 left.push(format!("process {}: {text}", e.file_name().to_string_lossy()));
             }
         }
-        let links = self.on_host(|| {
+        let list_links = || {
             let mut nl = vessel_net::netlink::Netlink::open().expect("netlink");
             vessel_net::link::names(&mut nl).unwrap_or_default()
-        });
+        };
+        let links = match &self.netns {
+            Some(_) => self.on_host(list_links),
+            None => list_links(),
+        };
         // Instances' host ends are v + 8 id digits + 6 network id digits.
         for l in links
             .iter()
