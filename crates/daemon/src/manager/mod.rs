@@ -146,12 +146,7 @@ impl Manager {
     }
 
     pub fn list(&self) -> Result<Vec<Instance>, ManagerError> {
-        Ok(self
-            .store
-            .list()?
-            .into_iter()
-            .map(|r| self.with_networks(r.instance))
-            .collect())
+        self.all_with_networks(self.store.list()?.into_iter().map(|r| r.instance).collect())
     }
 
     /// Change an instance's recorded state in one transaction; returns the new record.

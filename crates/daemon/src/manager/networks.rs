@@ -156,10 +156,15 @@ impl Manager {
             }
         }
         let others = self.store.networks()?;
-        let taken: Vec<IpNet> = others
+        // Each other network's subnets, with the network they belong to.
+        let taken: Vec<(IpNet, &Network)> = others
             .iter()
-            .flat_map(|n| [parse_net(&n.subnet), parse_net(&n.subnet6)])
-            .flatten()
+            .flat_map(|n| {
+                [parse_net(&n.subnet), parse_net(&n.subnet6)]
+                    .into_iter()
+                    .flatten()
+                    .map(move |s| (s, n))
+            })
             .collect();
         let subnet4: Ipv4Net = match &cfg.subnet {
             Some(s) => match ipam::parse_subnet(s).map_err(|e| invalid(e.to_string()))? {
@@ -167,7 +172,7 @@ impl Manager {
                 IpNet::V6(_) => return Err(invalid(format!("--subnet {s} is IPv6: give it as --subnet6"))),
             },
             None => {
-                let mut avoid = taken.clone();
+                let mut avoid: Vec<IpNet> = taken.iter().map(|(t, _)| *t).collect();
                 avoid.extend(vessel_net::link::ipv4_routes().into_iter().map(IpNet::V4));
                 ipam::pick_subnet(&avoid).map_err(|e| invalid(e.to_string()))?
             }
@@ -189,11 +194,7 @@ impl Manager {
             .chain(subnet6.map(IpNet::V6))
             .collect();
         for m in &mine {
-            if let Some((t, n)) = taken
-                .iter()
-                .zip(others.iter().flat_map(|n| [n, n]))
-                .find(|(t, _)| ipam::overlaps(t, m))
-            {
+            if let Some((t, n)) = taken.iter().find(|(t, _)| ipam::overlaps(t, m)) {
                 return Err(ManagerError::Conflict(format!(
                     "Subnet {m} overlaps {t} of network {}",
                     n.name
@@ -396,32 +397,21 @@ impl Manager {
     }
 
     /// An instance as the API shows it: with its interfaces.
-    pub fn with_networks(&self, mut inst: Instance) -> Instance {
-        let Ok(atts) = self.store.attachments() else {
-            return inst;
-        };
-        let Ok(nets) = self.store.networks() else {
-            return inst;
-        };
-        inst.networks = atts
-            .iter()
-            .filter(|a| a.instance_id == inst.id)
-            .filter_map(|a| {
-                let n = nets.iter().find(|n| n.id == a.network_id)?;
-                let prefix = |s: &Option<String>| parse_net(s).map(|n| n.prefix_len()).unwrap_or(0);
-                Some(Attachment {
-                    network: n.name.clone(),
-                    ifname: a.ifname.clone(),
-                    mac: a.mac.clone(),
-                    ip: a.ip4.map(|ip| format!("{ip}/{}", prefix(&n.subnet))),
-                    gateway: a.ip4.and(n.gateway.clone()),
-                    ip6: a.ip6.map(|ip| format!("{ip}/{}", prefix(&n.subnet6))),
-                    gateway6: a.ip6.and(n.gateway6.clone()),
-                    aliases: a.aliases.clone(),
-                })
-            })
-            .collect();
-        inst
+    pub fn with_networks(&self, inst: Instance) -> Instance {
+        match (self.store.attachments(), self.store.networks()) {
+            (Ok(atts), Ok(nets)) => with_attachments(inst, &atts, &nets),
+            _ => inst,
+        }
+    }
+
+    /// Every instance as the API shows it, the attachments and networks read once for all.
+    pub(super) fn all_with_networks(&self, list: Vec<Instance>) -> Result<Vec<Instance>, ManagerError> {
+        let atts = self.store.attachments()?;
+        let nets = self.store.networks()?;
+        Ok(list
+            .into_iter()
+            .map(|i| with_attachments(i, &atts, &nets))
+            .collect())
     }
 
     pub(super) fn network_runtimes(&self) -> std::sync::MutexGuard<'_, HashMap<String, NetworkRuntime>> {
@@ -625,4 +615,27 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// `inst` with its interfaces, from all attachments and networks.
+fn with_attachments(mut inst: Instance, atts: &[AttachmentRecord], nets: &[Network]) -> Instance {
+    inst.networks = atts
+        .iter()
+        .filter(|a| a.instance_id == inst.id)
+        .filter_map(|a| {
+            let n = nets.iter().find(|n| n.id == a.network_id)?;
+            let prefix = |s: &Option<String>| parse_net(s).map(|n| n.prefix_len()).unwrap_or(0);
+            Some(Attachment {
+                network: n.name.clone(),
+                ifname: a.ifname.clone(),
+                mac: a.mac.clone(),
+                ip: a.ip4.map(|ip| format!("{ip}/{}", prefix(&n.subnet))),
+                gateway: a.ip4.and(n.gateway.clone()),
+                ip6: a.ip6.map(|ip| format!("{ip}/{}", prefix(&n.subnet6))),
+                gateway6: a.ip6.and(n.gateway6.clone()),
+                aliases: a.aliases.clone(),
+            })
+        })
+        .collect();
+    inst
 }
