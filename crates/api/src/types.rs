@@ -219,6 +219,32 @@ pub struct InstanceConfig {
     /// Bandwidth limit of each of its interfaces, each way, in bits per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_rate: Option<u64>,
+    /// A microVM's own boot parts (kind vm). With a kernel and no image it is a raw VM: its own kernel and
+    /// OS, no guest agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSpec>,
+}
+
+/// What a microVM boots (`vessel create --vm --kernel ...`). Its memory is `limits.memory` (default 256 MiB)
+/// and its vCPUs `limits.cpus` rounded up (default 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// The kernel on the daemon's host (bzImage or ELF vmlinux), absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// The kernel's command line (default: a serial console, and `ip=` for the first network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Raw disk images on the daemon's host as virtio-blk devices, in order: PATH[,ro].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<String>,
+    /// The kernel is built as a PVM guest (how a VM boots where /dev/kvm is kvm-pvm).
+    #[serde(default)]
+    pub pvm_guest_kernel: bool,
 }
 
 /// The host ids an instance's user namespace maps: its ids 0..size are host uids uid..uid+size (gids alike).

@@ -141,9 +141,37 @@ pub struct CreateArgs {
     /// Seconds stop waits before SIGKILL.
     #[arg(long = "stop-timeout")]
     pub stop_timeout: Option<u32>,
-    pub image: String,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// The image (none for a VM that boots its own --kernel).
+    #[arg(required_unless_present = "kernel")]
+    pub image: Option<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// A microVM instance instead of a container. Paths are on vesseld's host; relative ones are taken from
+/// the current directory.
+#[derive(Args, Debug, Clone, Default)]
+pub struct VmArgs {
+    /// Run a microVM (kind vm) instead of a container.
+    #[arg(long)]
+    pub vm: bool,
+    /// The VM's kernel (bzImage or ELF vmlinux): a VM that boots its own OS, without an image.
+    #[arg(long, requires = "vm")]
+    pub kernel: Option<String>,
+    /// The VM's initramfs.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<String>,
+    /// A raw disk image as a virtio-blk device, PATH[,ro] (repeatable, in order).
+    #[arg(long, requires = "kernel")]
+    pub disk: Vec<String>,
+    /// The kernel's command line (default: console=ttyS0 panic=-1, plus ip= for the first network).
+    #[arg(long = "kernel-args", requires = "kernel")]
+    pub kernel_args: Option<String>,
+    /// The kernel is built as a PVM guest (what boots where /dev/kvm is kvm-pvm).
+    #[arg(long = "pvm-guest-kernel", requires = "kernel")]
+    pub pvm_guest_kernel: bool,
 }
 
 #[derive(Args, Debug)]

@@ -6,8 +6,8 @@ use anyhow::{anyhow, Context, Result};
 use hyper::Method;
 use serde_json::{json, Value};
 use vessel_api::{
-    ExecConfig, Info, Instance, InstanceConfig, InstanceUpdate, Limits, LogRecord, Operation, PortMapping,
-    RestartPolicy, StateChange, Stats, Top, Ulimit, WaitResult,
+    ExecConfig, Info, Instance, InstanceConfig, InstanceUpdate, Kind, Limits, LogRecord, Operation,
+    PortMapping, RestartPolicy, StateChange, Stats, Top, Ulimit, VmSpec, WaitResult,
 };
 
 use crate::cli::{CreateArgs, ExecArgs, Global, LimitArgs, LogsArgs, UpdateArgs};
@@ -113,7 +113,9 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
     let (network_mode, networks) = crate::networks::requests(a)?;
     Ok(InstanceConfig {
         name: a.name.clone(),
-        image: a.image.clone(),
+        image: a.image.clone().unwrap_or_default(),
+        kind: if a.vm.vm { Kind::Vm } else { Kind::Container },
+        vm: vm_spec(&a.vm)?,
         command: a.command.clone(),
         entrypoint: a
             .entrypoint
@@ -148,8 +150,35 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
         auto_remove: a.rm,
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
-        ..Default::default()
     })
+}
+
+/// The boot parts of a VM that boots its own kernel (none for a container or a VM from an image).
+fn vm_spec(a: &crate::cli::VmArgs) -> Result<Option<VmSpec>> {
+    let Some(kernel) = &a.kernel else { return Ok(None) };
+    let absolute = |p: &str| -> Result<String> {
+        let (path, options) = p.split_once(',').map_or((p, None), |(a, b)| (a, Some(b)));
+        let full = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            std::env::current_dir()
+                .context("the current directory")?
+                .join(path)
+                .display()
+                .to_string()
+        };
+        Ok(match options {
+            Some(o) => format!("{full},{o}"),
+            None => full,
+        })
+    };
+    Ok(Some(VmSpec {
+        kernel: Some(absolute(kernel)?),
+        initrd: a.initrd.as_deref().map(absolute).transpose()?,
+        cmdline: a.kernel_args.clone(),
+        disks: a.disk.iter().map(|d| absolute(d)).collect::<Result<_>>()?,
+        pvm_guest_kernel: a.pvm_guest_kernel,
+    }))
 }
 
 /// Create the instance; when vesseld has to pull its image first, wait on that operation (progress on

@@ -15,6 +15,8 @@ pub struct DaemonConfig {
     pub name: String,
     /// The supervisor binary (default: `vessel-supervisor` beside our own executable).
     pub supervisor: PathBuf,
+    /// The VMM binary VM instances run under (default: `vessel-vmm` beside our own executable).
+    pub vmm: PathBuf,
     /// Log bound per instance: bytes per file and number of files.
     pub log_max_size: u64,
     pub log_max_files: u32,
@@ -35,15 +37,20 @@ pub fn short_id(id: &str) -> &str {
 
 impl DaemonConfig {
     pub fn new(root: PathBuf, run_dir: PathBuf, name: String) -> DaemonConfig {
-        let supervisor = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("vessel-supervisor")))
-            .unwrap_or_else(|| PathBuf::from("vessel-supervisor"));
+        let beside_us = |name: &str| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join(name)))
+                .unwrap_or_else(|| PathBuf::from(name))
+        };
+        let supervisor = beside_us("vessel-supervisor");
+        let vmm = beside_us("vessel-vmm");
         DaemonConfig {
             root,
             run_dir,
             name,
             supervisor,
+            vmm,
             log_max_size: 10 << 20,
             log_max_files: 3,
             insecure_registries: Vec::new(),
@@ -94,6 +101,11 @@ impl DaemonConfig {
 
     pub fn supervisor_pid_file(&self, id: &str) -> PathBuf {
         self.supervisors_dir().join(format!("{}.pid", short_id(id)))
+    }
+
+    /// A running VM instance's VMM API socket.
+    pub fn vmm_socket(&self, id: &str) -> PathBuf {
+        self.supervisors_dir().join(format!("{}.vmm", short_id(id)))
     }
 
     pub fn exit_file(&self, id: &str) -> PathBuf {

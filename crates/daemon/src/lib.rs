@@ -21,6 +21,7 @@ pub struct DaemonArgs {
     pub run_dir: PathBuf,
     pub name: String,
     pub supervisor: Option<PathBuf>,
+    pub vmm: Option<PathBuf>,
     pub log_max_size: u64,
     pub log_max_files: u32,
     pub insecure_registries: Vec<String>,
@@ -50,6 +51,9 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
     let mut cfg = config::DaemonConfig::new(root, run_dir, a.name);
     if let Some(s) = a.supervisor {
         cfg.supervisor = s;
+    }
+    if let Some(v) = a.vmm {
+        cfg.vmm = v;
     }
     cfg.log_max_size = a.log_max_size;
     cfg.log_max_files = a.log_max_files;

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod nft;
 pub mod rate;
 pub mod sysctl;
+pub mod tap;
 pub mod veth;
 
 pub use ipnet;

@@ -56,6 +56,21 @@ pub fn serial_counter() -> Vec<u8> {
     code
 }
 
+/// Polls COM1's line status until a byte has arrived (it leaves it unread).
+pub fn wait_for_serial_input() -> Vec<u8> {
+    let mut code = set_port(COM1_PORT + 5);
+    code.extend([0xec, 0xa8, 0x01, 0x74, 0xfb]); // again: in al, dx; test al, 1 (data ready); jz again
+    code
+}
+
+/// Polls the ACPI event device's status register until the power-button bit is set (reading clears
+/// the events): how a hand-made guest, which has no interrupt handler, sees its power button.
+pub fn wait_for_power_button() -> Vec<u8> {
+    let mut code = set_port(crate::arch::layout::ACPI_GED_STATUS_PORT);
+    code.extend([0xec, 0xa8, 0x01, 0x74, 0xfb]); // again: in al, dx; test al, 1 (power button); jz again
+    code
+}
+
 /// Loops forever without exits.
 pub fn spin() -> Vec<u8> {
     vec![0xeb, 0xfe]

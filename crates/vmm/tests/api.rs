@@ -11,8 +11,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use vessel_vmm::arch::layout::{ACPI_GED_STATUS_PORT, COM1_PORT};
-use vessel_vmm::handmade::{elf_kernel, power_off, print, print_al, spin};
+use vessel_vmm::arch::layout::ACPI_GED_STATUS_PORT;
+use vessel_vmm::handmade::{
+    elf_kernel, power_off, print, print_al, spin, wait_for_power_button, wait_for_serial_input,
+};
 use vessel_vmm::kvm::Flavour;
 
 const OPENAPI: &str = include_str!("../api/openapi.json");
@@ -29,35 +31,17 @@ fn spinner() -> Vec<u8> {
     elf_kernel(&[print(b"up"), spin()].concat())
 }
 
-/// Guest code that polls COM1's line status until a byte has arrived (it leaves it unread).
-fn wait_for_com1_input() -> Vec<u8> {
-    let [lsr_low, lsr_high] = (COM1_PORT + 5).to_le_bytes();
-    vec![
-        0xba, lsr_low, lsr_high, 0, 0,    // mov edx, COM1 line status register
-        0xec, // again: in al, dx
-        0xa8, 0x01, // test al, 1 (data ready)
-        0x74, 0xfb, // jz again
-    ]
-}
-
 /// Prints "up", waits until COM1 has received a byte, prints "bye" and powers off: a guest
 /// whose end the test decides (by writing to the VMM's stdin).
 fn waiting_guest() -> Vec<u8> {
-    elf_kernel(&[print(b"up"), wait_for_com1_input(), print(b"bye"), power_off()].concat())
+    elf_kernel(&[print(b"up"), wait_for_serial_input(), print(b"bye"), power_off()].concat())
 }
 
 /// Prints "up", polls the ACPI event device's status register until the power-button bit is set,
 /// prints "bye" and powers off: a guest that shuts down when its power button is pressed (by
 /// polling, since a hand-made guest has no interrupt handler).
 fn power_button_guest() -> Vec<u8> {
-    let [port_low, port_high] = ACPI_GED_STATUS_PORT.to_le_bytes();
-    let wait_for_press = [
-        0xba, port_low, port_high, 0, 0,    // mov edx, GED status register
-        0xec, // again: in al, dx (reading clears the events)
-        0xa8, 0x01, // test al, 1 (power button)
-        0x74, 0xfb, // jz again
-    ];
-    elf_kernel(&[print(b"up"), wait_for_press.to_vec(), print(b"bye"), power_off()].concat())
+    elf_kernel(&[print(b"up"), wait_for_power_button(), print(b"bye"), power_off()].concat())
 }
 
 /// Prints "up", waits for a byte on COM1, then prints the ACPI event device's status register
@@ -71,7 +55,7 @@ fn ged_reporting_guest() -> Vec<u8> {
     elf_kernel(
         &[
             print(b"up"),
-            wait_for_com1_input(),
+            wait_for_serial_input(),
             read_ged,
             print_al(),
             power_off(),

@@ -9,7 +9,7 @@ use vessel_api::{
     ImageDetail, Info, Instance, InstanceConfig, InstanceState, InstanceUpdate, Kind, Limits, LogRecord,
     Network, NetworkConfig, NetworkRequest, Operation, OperationProgress, OperationStatus, PortMapping,
     PruneResult, PullRequest, PushRequest, RegistryAuth, Rename, RestartPolicy, StateChange, Stats, Status,
-    TagRequest, Top, Ulimit, WaitResult,
+    TagRequest, Top, Ulimit, VmSpec, WaitResult,
 };
 
 #[derive(OpenApi)]
@@ -73,6 +73,7 @@ use vessel_api::{
         Status,
         Top,
         Ulimit,
+        VmSpec,
         WaitResult,
         Image,
         ImageDetail,

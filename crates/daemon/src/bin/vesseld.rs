@@ -24,6 +24,9 @@ struct Args {
     /// The supervisor binary (default: vessel-supervisor beside vesseld).
     #[arg(long)]
     supervisor: Option<PathBuf>,
+    /// The VMM binary of VM instances (default: vessel-vmm beside vesseld).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
     /// Largest size of one instance log file before it rotates, in bytes.
     #[arg(long = "log-max-size", default_value_t = 10 << 20)]
     log_max_size: u64,
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         run_dir: args.run_dir,
         name: args.name,
         supervisor: args.supervisor,
+        vmm: args.vmm,
         log_max_size: args.log_max_size,
         log_max_files: args.log_max_files,
         insecure_registries: args.insecure_registry,

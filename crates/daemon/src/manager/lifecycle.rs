@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use vessel_api::{Instance, Status};
 use vessel_runtime::container;
 
-use super::{Manager, ManagerError};
+use super::{vm, Manager, ManagerError};
 use crate::store::Record;
 
 /// How long `stop` waits after SIGKILL before it reports the instance as stuck.
@@ -68,7 +68,11 @@ impl Manager {
         let inst2 = inst.clone();
         let spawned = tokio::task::spawn_blocking(move || {
             mgr.prepare_files(&inst2)?;
-            mgr.plumb(&inst2)?;
+            if vm::is_vm(&inst2) {
+                mgr.plumb_taps(&inst2)?;
+            } else {
+                mgr.plumb(&inst2)?;
+            }
             mgr.spawn_supervisor(&inst2)
         })
         .await
@@ -88,9 +92,12 @@ impl Manager {
         self.connect_pending_attaches(&inst.id).await;
         let rt = self.runtime();
         let id = inst.id.clone();
-        let started = tokio::task::spawn_blocking(move || container::start(&rt, &id))
-            .await
-            .map_err(blocking_err)?;
+        let is_vm = vm::is_vm(inst);
+        // A VM's VMM boots as its supervisor starts it; a container's init waits for this.
+        let started =
+            tokio::task::spawn_blocking(move || if is_vm { Ok(()) } else { container::start(&rt, &id) })
+                .await
+                .map_err(blocking_err)?;
         if let Err(e) = started {
             // The supervisor sees its container go and exits; the watcher records it.
             let rt = self.runtime();
@@ -193,6 +200,9 @@ impl Manager {
     }
 
     async fn signal(&self, r: &Record, sig: Signal, all: bool) -> Result<(), ManagerError> {
+        if vm::is_vm(&r.instance) {
+            return self.signal_vm(&r.instance, sig);
+        }
         let rt = self.runtime();
         let id = r.instance.id.clone();
         match tokio::task::spawn_blocking(move || container::kill(&rt, &id, sig, all))
@@ -209,6 +219,10 @@ impl Manager {
     }
 
     async fn thaw(&self, r: &Record) {
+        if vm::is_vm(&r.instance) {
+            let _ = self.pause_vm(&r.instance, false);
+            return;
+        }
         let rt = self.runtime();
         let id = r.instance.id.clone();
         let _ = tokio::task::spawn_blocking(move || container::resume(&rt, &id)).await;
@@ -251,6 +265,21 @@ impl Manager {
                 r.instance.name, r.instance.state.status
             )));
         }
+        if vm::is_vm(&r.instance) {
+            self.pause_vm(&r.instance, freeze)?;
+        } else {
+            self.pause_container(id, freeze).await?;
+        }
+        let r = self.update_state(id, |s, _| {
+            if s.status == from {
+                s.status = to;
+            }
+        })?;
+        self.emit(verb, &r.instance, None);
+        Ok(r.instance)
+    }
+
+    async fn pause_container(&self, id: &str, freeze: bool) -> Result<(), ManagerError> {
         let rt = self.runtime();
         let id2 = id.to_string();
         tokio::task::spawn_blocking(move || {
@@ -262,13 +291,6 @@ impl Manager {
         })
         .await
         .map_err(blocking_err)?
-        .map_err(|e| ManagerError::Conflict(vessel_runtime::logging::one_line(&e)))?;
-        let r = self.update_state(id, |s, _| {
-            if s.status == from {
-                s.status = to;
-            }
-        })?;
-        self.emit(verb, &r.instance, None);
-        Ok(r.instance)
+        .map_err(|e| ManagerError::Conflict(vessel_runtime::logging::one_line(&e)))
     }
 }

@@ -17,6 +17,7 @@ pub mod reconcile;
 mod stats;
 mod streams;
 mod supervise;
+mod vm;
 mod watch;
 
 use std::collections::HashMap;
@@ -179,6 +180,14 @@ impl Manager {
         pull: PullPolicy,
     ) -> Result<Created, ManagerError> {
         validate_create(&mut config)?;
+        if config.kind == Kind::Vm {
+            // A raw VM boots its own kernel: no image to find or pull.
+            let mgr = self.clone();
+            let made = tokio::spawn(async move { mgr.create_from(config, None).await })
+                .await
+                .map_err(|e| ManagerError::Internal(e.to_string()))??;
+            return Ok(Created::Now(Box::new(made)));
+        }
         let found = self.image_store()?.find(&config.image);
         let needs_pull = match (&found, pull) {
             (_, PullPolicy::Always) => true,
@@ -196,7 +205,7 @@ impl Manager {
             let image = found.map_err(images::store_error)?;
             // Its own task: a client that hangs up does not stop a create half way.
             let mgr = self.clone();
-            let made = tokio::spawn(async move { mgr.create_from(config, image).await })
+            let made = tokio::spawn(async move { mgr.create_from(config, Some(image)).await })
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))??;
             return Ok(Created::Now(Box::new(made)));
@@ -224,20 +233,24 @@ impl Manager {
                 let image = mgr.pull_now(&reference, opts, h.clone()).await?;
                 h.no_more_cancel()?;
                 h.stage("Creating the instance");
-                let inst = mgr.create_from(config, image).await?;
+                let inst = mgr.create_from(config, Some(image)).await?;
                 Ok(Some(serde_json::to_value(inst).unwrap_or_default()))
             },
         ))))
     }
 
-    /// Make the instance from an image in the store.
+    /// Make the instance from an image in the store (none for a raw VM).
     async fn create_from(
         self: &Arc<Self>,
         config: InstanceConfig,
-        image: vessel_image::store::ImageRecord,
+        image: Option<vessel_image::store::ImageRecord>,
     ) -> Result<Instance, ManagerError> {
-        let (image_name, image_id) = (image.name.clone(), image.config.to_string());
-        let userns_auto = config.userns.as_deref().unwrap_or(&self.cfg.userns_default) == "auto";
+        let (image_name, image_id) = image
+            .as_ref()
+            .map(|i| (i.name.clone(), i.config.to_string()))
+            .unwrap_or_default();
+        let userns_auto = config.kind == Kind::Container
+            && config.userns.as_deref().unwrap_or(&self.cfg.userns_default) == "auto";
         let id = names::random_id()?;
         // Held until the instance is made: a delete (or any verb) waits for it instead of racing its mount.
         let live = self.live(&id);
@@ -343,7 +356,9 @@ impl Manager {
             let mgr = self.clone();
             let inst = instance.clone();
             tokio::task::spawn_blocking(move || {
-                mgr.hold_image(&inst.id, &image)?;
+                if let Some(image) = &image {
+                    mgr.hold_image(&inst.id, image)?;
+                }
                 mgr.prepare_files(&inst)
             })
             .await
@@ -373,6 +388,9 @@ impl Manager {
 
     /// The instance's root filesystem and config.json (made again at every start, as limits may change).
     fn prepare_files(&self, inst: &Instance) -> Result<(), ManagerError> {
+        if vm::is_vm(inst) {
+            return self.prepare_vm(inst).map(|_| ());
+        }
         let dir = self.cfg.instance_dir(&inst.id);
         let store = self.image_store()?;
         let image = self
@@ -443,6 +461,7 @@ impl Manager {
             .remove()
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         let _ = std::fs::remove_file(self.cfg.attach_socket(id));
+        let _ = std::fs::remove_file(self.cfg.vmm_socket(id));
         if let Ok(store) = self.image_store() {
             store
                 .release(&images::holder(id))
@@ -579,7 +598,17 @@ impl Manager {
         let mut config = r.instance.config.clone();
         if let Some(l) = &upd.limits {
             merge_limits(&mut config.limits, l);
-            bundle::validate_limits(&config.limits)?;
+            if r.instance.kind == Kind::Vm {
+                if r.instance.state.status.is_active() {
+                    return Err(ManagerError::Conflict(format!(
+                        "Instance {} is a running VM: its memory and vCPUs change when it is stopped",
+                        r.instance.name
+                    )));
+                }
+                vm::validate(&config)?;
+            } else {
+                bundle::validate_limits(&config.limits)?;
+            }
         }
         if let Some(p) = &upd.restart {
             p.validate().map_err(ManagerError::Invalid)?;
@@ -632,11 +661,15 @@ pub fn validate_name(name: &str) -> Result<(), ManagerError> {
 /// validated (the API's fuzz target drives it too). Fills in defaults (the restart policy `no`).
 pub fn validate_create(config: &mut InstanceConfig) -> Result<(), ManagerError> {
     if config.kind == Kind::Vm {
-        return Err(ManagerError::Invalid(
-            "kind vm is not supported by this vesseld yet: create a container".into(),
-        ));
+        vm::validate(config)?;
+    } else {
+        if config.vm.is_some() {
+            return Err(ManagerError::Invalid(
+                "VM settings (--kernel, --initrd, --disk) need kind vm (--vm)".into(),
+            ));
+        }
+        bundle::validate(config)?;
     }
-    bundle::validate(config)?;
     config.restart.validate().map_err(ManagerError::Invalid)?;
     if config.restart.name.is_empty() {
         config.restart.name = "no".into();
@@ -650,6 +683,9 @@ pub fn validate_create(config: &mut InstanceConfig) -> Result<(), ManagerError> 
         names::validate(n)?;
     }
     validate_network_settings(config)?;
+    if config.kind == Kind::Vm {
+        return Ok(());
+    }
     vessel_image::reference::Reference::parse(&config.image)
         .map(|_| ())
         .or_else(|e| {

@@ -353,6 +353,20 @@ impl Manager {
         for a in &request.aliases {
             names::validate(a)?;
         }
+        if r.instance.kind == vessel_api::Kind::Vm {
+            if r.instance.state.status.is_active() {
+                return Err(ManagerError::Conflict(format!(
+                    "Instance {} is a running VM: it joins networks when stopped (no NIC hot-plug)",
+                    r.instance.name
+                )));
+            }
+            if !is_bridge(&net) {
+                return Err(ManagerError::Invalid(format!(
+                    "Network {} is a macvlan network: a VM joins bridge networks",
+                    net.name
+                )));
+            }
+        }
         let att = self.store.attach(&id, &net.id, &request)?;
         if r.instance.state.status.is_active() {
             let mgr = self.clone();
@@ -383,6 +397,12 @@ impl Manager {
         let _v = live.verb.lock().await;
         let r = self.store.get(&id)?;
         let net = self.store.network(network)?;
+        if r.instance.kind == vessel_api::Kind::Vm && r.instance.state.status.is_active() {
+            return Err(ManagerError::Conflict(format!(
+                "Instance {} is a running VM: it leaves networks when stopped (no NIC hot-plug)",
+                r.instance.name
+            )));
+        }
         let att = self.store.detach(&id, &net.id)?;
         if r.instance.state.status.is_active() {
             let mgr = self.clone();

@@ -23,6 +23,9 @@ impl Manager {
                 r.instance.name, r.instance.state.status
             )));
         }
+        if super::vm::is_vm(&r.instance) {
+            return self.sample_vm(&r.instance);
+        }
         let raw = vessel_runtime::container::stats(&self.runtime(), &r.instance.id)
             .map_err(|e| ManagerError::Conflict(vessel_runtime::logging::one_line(&e)))?;
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
@@ -64,6 +67,38 @@ impl Manager {
         })
     }
 
+    /// A VM's sample: its VMM process on the host (guest RAM it touched, vCPU time) and its taps.
+    fn sample_vm(&self, inst: &vessel_api::Instance) -> Result<Sample, ManagerError> {
+        let pid = inst.state.pid.unwrap_or(0);
+        let taps: Vec<String> = self
+            .store
+            .attachments()?
+            .into_iter()
+            .filter(|a| a.instance_id == inst.id)
+            .map(|a| a.host_ifname)
+            .collect();
+        let u = super::vm::vm_usage(pid, &taps);
+        let memory_limit = inst.config.limits.memory.map_or(256 << 20, |m| m as u64);
+        Ok(Sample {
+            stats: Stats {
+                id: inst.id.clone(),
+                name: inst.name.clone(),
+                time: vessel_runtime::clock::now_rfc3339(),
+                cpu_usage_ns: u.cpu_ns,
+                cpu_percent: 0.0,
+                memory_usage: u.memory,
+                memory_limit,
+                pids: 1,
+                pids_limit: None,
+                block_read: u.block_read,
+                block_write: u.block_write,
+                net_rx: u.net_rx,
+                net_tx: u.net_tx,
+            },
+            at: Instant::now(),
+        })
+    }
+
     /// A sample with its CPU % against `prev` (or against a fresh one 100 ms before).
     pub fn stats(&self, name_or_id: &str, prev: Option<&Sample>) -> Result<Sample, ManagerError> {
         let first = match prev {
@@ -89,8 +124,13 @@ impl Manager {
                 r.instance.name, r.instance.state.status
             )));
         }
-        let pids = vessel_runtime::container::ps_pids(&self.runtime(), &r.instance.id)
-            .map_err(|e| ManagerError::Conflict(vessel_runtime::logging::one_line(&e)))?;
+        // A VM's processes on the host are its VMM; those inside need the guest agent.
+        let pids = if super::vm::is_vm(&r.instance) {
+            r.instance.state.pid.into_iter().collect()
+        } else {
+            vessel_runtime::container::ps_pids(&self.runtime(), &r.instance.id)
+                .map_err(|e| ManagerError::Conflict(vessel_runtime::logging::one_line(&e)))?
+        };
         let processes = pids
             .into_iter()
             .filter_map(|pid| {

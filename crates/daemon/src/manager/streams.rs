@@ -109,6 +109,12 @@ impl Manager {
                 r.instance.name, r.instance.state.status
             )));
         }
+        if super::vm::is_vm(&r.instance) {
+            return Err(ManagerError::Invalid(format!(
+                "Instance {} is a VM without vessel's guest agent: exec needs the agent (use its console)",
+                r.instance.name
+            )));
+        }
         if ec.command.is_empty() {
             return Err(ManagerError::Invalid("exec needs a command".into()));
         }

@@ -64,6 +64,10 @@ impl Manager {
         if inst.config.stdin {
             cmd.arg("--stdin");
         }
+        if super::vm::is_vm(inst) {
+            cmd.arg("--vmm-command")
+                .arg(cfg.instance_dir(&inst.id).join("vmm.json"));
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
         // SAFETY: the closure only resets the signal mask and dispositions with async-signal-safe calls.
         unsafe {

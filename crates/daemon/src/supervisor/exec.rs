@@ -94,6 +94,7 @@ fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
         tty: false,
         tty_size: None,
         stdin: true,
+        vmm_command: None,
     };
     Supervisor::for_exec(pid, output, stdin, signals, run_args)
 }

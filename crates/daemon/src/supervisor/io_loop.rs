@@ -86,62 +86,15 @@ impl Supervisor {
         })?;
         let signals = super::reaper_signals()?;
 
-        let rt = Runtime::new(args.runtime_root.clone(), false);
-        let mut opts = CreateOptions {
-            id: args.id.clone(),
-            bundle: args.bundle.clone(),
-            ..Default::default()
-        };
-        let (output, stdin, record) = if args.tty {
-            let console = terminal::ConsoleListener::bind(&args.socket)?;
-            opts.console_socket = Some(console.path.clone());
-            let record = container::create(&rt, &opts)?;
-            let master = match console.receive() {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = container::delete(&rt, &args.id, true);
-                    return Err(e);
-                }
-            };
-            if let Some((rows, cols)) = args
-                .tty_size
-                .as_deref()
-                .and_then(|s| s.split_once('x'))
-                .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
-            {
-                terminal::set_size(master.as_raw_fd(), rows, cols);
-            }
-            let stdin = master.try_clone().ok();
-            (Output::Terminal { master: Some(master) }, stdin, record)
-        } else {
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            let (in_r, in_w): (OwnedFd, Option<OwnedFd>) = if args.stdin {
-                let (r, w) = pipe()?;
-                (r, Some(w))
-            } else {
-                let null = File::open("/dev/null").map_err(|source| SupervisorError::Io {
-                    action: "open",
-                    path: "/dev/null".into(),
-                    source,
-                })?;
-                (null.into(), None)
-            };
-            let record = with_stdio([&in_r, &out_w, &err_w], || container::create(&rt, &opts))??;
-            (
-                Output::Pipes {
-                    out: Some(File::from(out_r)),
-                    err: Some(File::from(err_r)),
-                },
-                in_w.map(File::from),
-                record,
-            )
+        let (output, stdin, init) = match &args.vmm_command {
+            Some(command) => super::vm::spawn_vmm(args, command)?,
+            None => create_container(args)?,
         };
         let _ = std::fs::remove_file(&args.socket);
         let listener = match UnixListener::bind(&args.socket) {
             Ok(l) => l,
             Err(source) => {
-                let _ = container::delete(&rt, &args.id, true);
+                abandon(args, init);
                 return Err(SupervisorError::Io {
                     action: "listen on",
                     path: args.socket.clone(),
@@ -157,7 +110,7 @@ impl Supervisor {
         Ok(Supervisor {
             role: Role::Instance,
             args: args.clone(),
-            init: record.pid,
+            init,
             output,
             stdin,
             listener: Some(listener),
@@ -318,13 +271,15 @@ impl Supervisor {
             return 0;
         }
         let oom_killed = self.oom_kills() > 0;
-        let rt = Runtime::new(self.args.runtime_root.clone(), false);
-        if let Err(e) = container::delete(&rt, &self.args.id, true) {
-            eprintln!(
-                "vessel-supervisor: {}: {}",
-                self.args.id,
-                vessel_runtime::logging::one_line(&e)
-            );
+        if self.args.vmm_command.is_none() {
+            let rt = Runtime::new(self.args.runtime_root.clone(), false);
+            if let Err(e) = container::delete(&rt, &self.args.id, true) {
+                eprintln!(
+                    "vessel-supervisor: {}: {}",
+                    self.args.id,
+                    vessel_runtime::logging::one_line(&e)
+                );
+            }
         }
         let record = ExitRecord {
             exit_code,
@@ -530,6 +485,70 @@ impl Supervisor {
         )
         .or_else(|| read_key(format!("/sys/fs/cgroup/{path}/memory.events"), "oom_kill"))
         .unwrap_or(0)
+    }
+}
+
+/// Creates the container of `args` with its stdio on pipes (or a terminal with `args.tty`); returns our end
+/// of its output, of its input (when it takes input) and its init's pid.
+fn create_container(args: &RunArgs) -> Result<(Output, Option<File>, i32), SupervisorError> {
+    let rt = Runtime::new(args.runtime_root.clone(), false);
+    let mut opts = CreateOptions {
+        id: args.id.clone(),
+        bundle: args.bundle.clone(),
+        ..Default::default()
+    };
+    let (output, stdin, record) = if args.tty {
+        let console = terminal::ConsoleListener::bind(&args.socket)?;
+        opts.console_socket = Some(console.path.clone());
+        let record = container::create(&rt, &opts)?;
+        let master = match console.receive() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = container::delete(&rt, &args.id, true);
+                return Err(e);
+            }
+        };
+        if let Some((rows, cols)) = terminal::requested_size(args.tty_size.as_deref()) {
+            terminal::set_size(master.as_raw_fd(), rows, cols);
+        }
+        let stdin = master.try_clone().ok();
+        (Output::Terminal { master: Some(master) }, stdin, record)
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (in_r, in_w): (OwnedFd, Option<OwnedFd>) = if args.stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let null = File::open("/dev/null").map_err(|source| SupervisorError::Io {
+                action: "open",
+                path: "/dev/null".into(),
+                source,
+            })?;
+            (null.into(), None)
+        };
+        let record = with_stdio([&in_r, &out_w, &err_w], || container::create(&rt, &opts))??;
+        (
+            Output::Pipes {
+                out: Some(File::from(out_r)),
+                err: Some(File::from(err_r)),
+            },
+            in_w.map(File::from),
+            record,
+        )
+    };
+    Ok((output, stdin, record.pid))
+}
+
+/// Undoes a start that cannot be served: the container deleted, or the VMM killed and reaped.
+pub(super) fn abandon(args: &RunArgs, init: i32) {
+    if args.vmm_command.is_some() {
+        let pid = Pid::from_raw(init);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    } else {
+        let rt = Runtime::new(args.runtime_root.clone(), false);
+        let _ = container::delete(&rt, &args.id, true);
     }
 }
 

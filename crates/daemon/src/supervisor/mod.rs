@@ -14,6 +14,7 @@ mod io_loop;
 pub use io_loop::write_atomic;
 pub mod logfile;
 mod terminal;
+mod vm;
 
 use std::fs::File;
 use std::io::Write;
@@ -87,6 +88,11 @@ pub struct RunArgs {
     /// Keep the container's stdin open for attached clients.
     #[arg(long)]
     pub stdin: bool,
+    /// A VM instance: the VMM's command line (a JSON array, program first) is in this file. The VMM is
+    /// then the supervised process and its serial console the instance's stdio.
+    #[arg(long = "vmm-command")]
+    #[serde(default)]
+    pub vmm_command: Option<PathBuf>,
 }
 
 /// What the supervisor writes to `--exit-file`.
@@ -208,9 +214,8 @@ fn supervise(args: &RunArgs) -> i32 {
                 error: None,
             });
             if !told {
-                // vesseld died before it heard of us: nobody will start or record this container.
-                let rt = vessel_runtime::container::Runtime::new(args.runtime_root.clone(), false);
-                let _ = vessel_runtime::container::delete(&rt, &args.id, true);
+                // vesseld died before it heard of us: nobody will start or record this instance.
+                io_loop::abandon(args, sup.init_pid());
                 let _ = std::fs::remove_file(&args.socket);
                 return 1;
             }

@@ -77,3 +77,9 @@ pub fn set_size(fd: RawFd, rows: u16, cols: u16) {
     // SAFETY: TIOCSWINSZ reads the winsize we pass; a bad fd only makes it fail.
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
+
+/// The terminal size vesseld asked for (`--tty-size ROWSxCOLS`).
+pub fn requested_size(tty_size: Option<&str>) -> Option<(u16, u16)> {
+    let (rows, cols) = tty_size?.split_once('x')?;
+    Some((rows.parse().ok()?, cols.parse().ok()?))
+}
