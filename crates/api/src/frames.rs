@@ -21,6 +21,8 @@ pub enum FrameKind {
     StdinEof = 5,
     /// Instance → client: the process could not be started; payload is the message (UTF-8).
     Error = 6,
+    /// Between a VM's supervisor and its guest agent only: a versioned JSON message (`vessel_agent::proto`).
+    Control = 7,
 }
 
 impl FrameKind {
@@ -33,6 +35,7 @@ impl FrameKind {
             4 => FrameKind::Resize,
             5 => FrameKind::StdinEof,
             6 => FrameKind::Error,
+            7 => FrameKind::Control,
             _ => return None,
         })
     }
