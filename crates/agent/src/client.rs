@@ -48,12 +48,13 @@ impl AgentClient {
         Ok(AgentClient::over(UnixStream::connect(path)?))
     }
 
-    /// Connects to guest port [`proto::PORT`] through the VMM's vsock socket, retrying until `deadline`
-    /// while the guest boots (the VMM refuses connections to a port nobody listens on yet).
-    pub fn connect_vsock(uds: &Path, deadline: Instant) -> Result<AgentClient, ClientError> {
-        let wait = deadline.saturating_duration_since(Instant::now()).as_secs();
+    /// Connects to guest port [`proto::PORT`] through the VMM's vsock socket, retrying for `boot` while
+    /// the guest boots (the VMM refuses connections to a port nobody listens on yet).
+    pub fn connect_vsock(uds: &Path, boot: Duration) -> Result<AgentClient, ClientError> {
+        let deadline = Instant::now() + boot;
+        let wait = boot.as_secs();
         loop {
-            match Self::try_vsock(uds) {
+            match Self::try_vsock(uds, deadline) {
                 Ok(c) => return Ok(c),
                 Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 Err(ClientError::Io(e)) if timed_out(&e) => return Err(ClientError::Timeout(wait)),
@@ -63,10 +64,14 @@ impl AgentClient {
         }
     }
 
-    fn try_vsock(uds: &Path) -> Result<AgentClient, ClientError> {
+    fn try_vsock(uds: &Path, deadline: Instant) -> Result<AgentClient, ClientError> {
         let mut stream = UnixStream::connect(uds)?;
-        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        // A guest that never answers the VMM's connection request holds this read: no longer than the boot.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(10), ANSWER_TIMEOUT);
+        stream.set_read_timeout(Some(left))?;
+        stream.set_write_timeout(Some(left))?;
         writeln!(stream, "CONNECT {}", proto::PORT)?;
         // The VMM answers "OK <port>\n"; read it byte by byte so no frame byte is taken with it.
         let mut line = Vec::new();

@@ -98,6 +98,11 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes received and not yet taken as a frame (to hand a stream over to another reader).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// The next whole frame, if one has arrived.
     pub fn next_frame(&mut self) -> Result<Option<(FrameKind, Vec<u8>)>, FrameError> {
         if self.buf.len() < HEADER_LEN {

@@ -225,8 +225,9 @@ pub struct InstanceConfig {
     pub vm: Option<VmSpec>,
 }
 
-/// What a microVM boots (`vessel create --vm --kernel ...`). Its memory is `limits.memory` (default 256 MiB)
-/// and its vCPUs `limits.cpus` rounded up (default 1).
+/// What a microVM boots (`vessel create --vm [--kernel ...]`). Its memory is `limits.memory` (default
+/// 256 MiB) and its vCPUs `limits.cpus` rounded up (default 1). Made from an image, it boots vessel's guest
+/// kernel (or `kernel`) with vessel-agent as its init.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -245,6 +246,9 @@ pub struct VmSpec {
     /// The kernel is built as a PVM guest (how a VM boots where /dev/kvm is kvm-pvm).
     #[serde(default)]
     pub pvm_guest_kernel: bool,
+    /// A VM made from an image: the size of its own writable disk in bytes (default 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<u64>,
 }
 
 /// The host ids an instance's user namespace maps: its ids 0..size are host uids uid..uid+size (gids alike).

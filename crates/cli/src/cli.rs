@@ -157,7 +157,8 @@ pub struct VmArgs {
     /// Run a microVM (kind vm) instead of a container.
     #[arg(long)]
     pub vm: bool,
-    /// The VM's kernel (bzImage or ELF vmlinux): a VM that boots its own OS, without an image.
+    /// The VM's kernel (bzImage or ELF vmlinux). Without an image, a VM that boots its own OS; with one,
+    /// instead of vessel's guest kernel.
     #[arg(long, requires = "vm")]
     pub kernel: Option<String>,
     /// The VM's initramfs.
@@ -172,6 +173,9 @@ pub struct VmArgs {
     /// The kernel is built as a PVM guest (what boots where /dev/kvm is kvm-pvm).
     #[arg(long = "pvm-guest-kernel", requires = "kernel")]
     pub pvm_guest_kernel: bool,
+    /// A VM made from an image: the size of its own writable disk (bytes, or with k, m, g; default 1g).
+    #[arg(long = "disk-size", requires = "vm")]
+    pub disk_size: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -153,9 +153,11 @@ pub fn config_of(a: &CreateArgs) -> Result<InstanceConfig> {
     })
 }
 
-/// The boot parts of a VM that boots its own kernel (none for a container or a VM from an image).
+/// A VM's boot parts (none for a container).
 fn vm_spec(a: &crate::cli::VmArgs) -> Result<Option<VmSpec>> {
-    let Some(kernel) = &a.kernel else { return Ok(None) };
+    if !a.vm {
+        return Ok(None);
+    }
     let absolute = |p: &str| -> Result<String> {
         let (path, options) = p.split_once(',').map_or((p, None), |(a, b)| (a, Some(b)));
         let full = if path.starts_with('/') {
@@ -173,11 +175,22 @@ fn vm_spec(a: &crate::cli::VmArgs) -> Result<Option<VmSpec>> {
         })
     };
     Ok(Some(VmSpec {
-        kernel: Some(absolute(kernel)?),
+        kernel: a.kernel.as_deref().map(absolute).transpose()?,
         initrd: a.initrd.as_deref().map(absolute).transpose()?,
         cmdline: a.kernel_args.clone(),
         disks: a.disk.iter().map(|d| absolute(d)).collect::<Result<_>>()?,
         pvm_guest_kernel: a.pvm_guest_kernel,
+        disk_size: a
+            .disk_size
+            .as_deref()
+            .map(|s| {
+                vessel_runtime::units::parse_bytes(s)
+                    .ok()
+                    .and_then(|b| u64::try_from(b).ok())
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| anyhow!("Invalid --disk-size {s:?}: use bytes or a size like 2g"))
+            })
+            .transpose()?,
     }))
 }
 
@@ -361,7 +374,7 @@ pub fn ps(g: &Global, c: &Client, all: bool, quiet: bool, filters: &[String]) ->
             .map(|i| {
                 vec![
                     i.id[..12].to_string(),
-                    i.image.clone(),
+                    image_column(i),
                     truncate(&i.config.command.join(" "), 24),
                     age(Some(&i.created_at)),
                     status_text(i),
@@ -375,6 +388,19 @@ pub fn ps(g: &Global, c: &Client, all: bool, quiet: bool, filters: &[String]) ->
         );
     })?;
     Ok(0)
+}
+
+/// What an instance runs: its image, or a raw VM's kernel file.
+fn image_column(i: &Instance) -> String {
+    match i.config.vm.as_ref().and_then(|v| v.kernel.as_deref()) {
+        Some(k) if i.image.is_empty() => format!(
+            "vm:{}",
+            std::path::Path::new(k)
+                .file_name()
+                .map_or(k.into(), |f| f.to_string_lossy())
+        ),
+        _ => i.image.clone(),
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -17,6 +17,11 @@ pub struct DaemonConfig {
     pub supervisor: PathBuf,
     /// The VMM binary VM instances run under (default: `vessel-vmm` beside our own executable).
     pub vmm: PathBuf,
+    /// The guest agent put into VMs made from images, a static executable (default: `vessel-agent` beside
+    /// our own executable).
+    pub agent: PathBuf,
+    /// How long a VM made from an image may take to boot to its agent, in seconds.
+    pub vm_boot_timeout: u64,
     /// Log bound per instance: bytes per file and number of files.
     pub log_max_size: u64,
     pub log_max_files: u32,
@@ -45,12 +50,15 @@ impl DaemonConfig {
         };
         let supervisor = beside_us("vessel-supervisor");
         let vmm = beside_us("vessel-vmm");
+        let agent = beside_us("vessel-agent");
         DaemonConfig {
             root,
             run_dir,
             name,
             supervisor,
             vmm,
+            agent,
+            vm_boot_timeout: 60,
             log_max_size: 10 << 20,
             log_max_files: 3,
             insecure_registries: Vec::new(),
@@ -101,6 +109,21 @@ impl DaemonConfig {
 
     pub fn supervisor_pid_file(&self, id: &str) -> PathBuf {
         self.supervisors_dir().join(format!("{}.pid", short_id(id)))
+    }
+
+    /// Guest kernels unpacked from their packages, with the initramfs vessel made for each.
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.root.join("kernels")
+    }
+
+    /// Images' read-only disks, one per image, shared by the VMs made from it.
+    pub fn vm_disks_dir(&self) -> PathBuf {
+        self.root.join("vm-disks")
+    }
+
+    /// A running VM instance's vsock socket (host side; the agent's sessions go through it).
+    pub fn vsock_socket(&self, id: &str) -> PathBuf {
+        self.supervisors_dir().join(format!("{}.vsock", short_id(id)))
     }
 
     /// A running VM instance's VMM API socket.

@@ -10,6 +10,7 @@ pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
+pub mod vmboot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ pub struct DaemonArgs {
     pub name: String,
     pub supervisor: Option<PathBuf>,
     pub vmm: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    pub vm_boot_timeout: u64,
     pub log_max_size: u64,
     pub log_max_files: u32,
     pub insecure_registries: Vec<String>,
@@ -55,6 +58,10 @@ pub fn run_daemon(a: DaemonArgs) -> ExitCode {
     if let Some(v) = a.vmm {
         cfg.vmm = v;
     }
+    if let Some(v) = a.agent {
+        cfg.agent = v;
+    }
+    cfg.vm_boot_timeout = a.vm_boot_timeout;
     cfg.log_max_size = a.log_max_size;
     cfg.log_max_files = a.log_max_files;
     cfg.insecure_registries = a.insecure_registries;

@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long, value_name = "MiB", default_value_t = 128)]
     memory: u64,
     /// A raw disk image as virtio-blk (repeatable): PATH[,ro][,id=NAME]
-    #[arg(long, value_name = "PATH[,ro]", requires = "kernel")]
+    #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<DiskConfig>,
     /// COM1 console: stdio, none or file:PATH
     #[arg(long, value_name = "WHERE", default_value = "stdio")]

@@ -34,6 +34,13 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The static vessel-agent (scripts/build-agent), if it was built.
+pub fn static_agent() -> Option<std::ffi::OsString> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/debug/vessel-agent");
+    p.exists().then(|| p.into_os_string())
+}
+
 /// The busybox root filesystem, made once per test binary.
 fn rootfs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -147,6 +154,12 @@ impl Daemon {
             .arg("--name")
             .arg(&self.name)
             .args(&self.extra_args)
+            // The static guest agent scripts/build-agent makes, for VMs made from images.
+            .args(
+                static_agent()
+                    .map(|a| vec!["--agent".into(), a])
+                    .unwrap_or_default(),
+            )
             // VESSEL_TEST_USERNS=host runs every test's instances on the host's ids (auto is vesseld's default).
             .args(match std::env::var("VESSEL_TEST_USERNS").as_deref() {
                 Ok("host") => &["--userns-default", "host"][..],

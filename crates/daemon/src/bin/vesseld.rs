@@ -27,6 +27,13 @@ struct Args {
     /// The VMM binary of VM instances (default: vessel-vmm beside vesseld).
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// The guest agent put into VMs made from images, a static executable (default: vessel-agent beside
+    /// vesseld).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Seconds a VM made from an image may take to boot to its agent before its start fails.
+    #[arg(long = "vm-boot-timeout", default_value_t = 60)]
+    vm_boot_timeout: u64,
     /// Largest size of one instance log file before it rotates, in bytes.
     #[arg(long = "log-max-size", default_value_t = 10 << 20)]
     log_max_size: u64,
@@ -89,6 +96,8 @@ fn main() -> ExitCode {
         name: args.name,
         supervisor: args.supervisor,
         vmm: args.vmm,
+        agent: args.agent,
+        vm_boot_timeout: args.vm_boot_timeout,
         log_max_size: args.log_max_size,
         log_max_files: args.log_max_files,
         insecure_registries: args.insecure_registry,

@@ -313,18 +313,26 @@ pub struct NetSetup {
     pub files: Vec<(String, std::path::PathBuf)>,
 }
 
-/// The full config.json of an instance whose root filesystem is mounted at `rootfs`.
-#[allow(clippy::too_many_arguments)]
-pub fn runtime_config(
+/// The process an instance runs, its config over its image's: what a container's config.json and a VM's
+/// guest agent get alike.
+pub struct ProcessParts {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub hostname: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: String,
+    /// (RLIMIT_NAME, soft, hard)
+    pub rlimits: Vec<(String, u64, u64)>,
+}
+
+/// `rootfs` is where the image's /etc/passwd and /etc/group are read to resolve a user name.
+pub fn process_parts(
     c: &InstanceConfig,
     id: &str,
-    name: &str,
     image: &ImageConfiguration,
     rootfs: &Path,
-    cgroup_path: &str,
-    idmap: Option<vessel_api::IdMap>,
-    net: &NetSetup,
-) -> Result<Value, BundleError> {
+) -> Result<ProcessParts, BundleError> {
     let ic = image.config().clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &c.entrypoint {
         Some(e) => e.clone(),
@@ -375,15 +383,51 @@ pub fn runtime_config(
         .or_else(|| ic.working_dir().clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    let caps = capabilities(&c.cap_add, &c.cap_drop);
-    let mut rlimits = vec![json!({ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 })];
+    let mut rlimits = vec![("RLIMIT_NOFILE".to_string(), 1024, 1024)];
     for u in &c.ulimits {
         let Some(kind) = rlimit_name(&u.name) else {
             return Err(BundleError::BadUlimit(u.name.clone()));
         };
-        rlimits.retain(|r| r["type"] != kind.as_str());
-        rlimits.push(json!({ "type": kind, "soft": u.soft, "hard": u.hard }));
+        rlimits.retain(|r| r.0 != kind);
+        rlimits.push((kind, u.soft, u.hard));
     }
+    Ok(ProcessParts {
+        args,
+        env,
+        hostname,
+        uid,
+        gid,
+        cwd,
+        rlimits,
+    })
+}
+
+/// The full config.json of an instance whose root filesystem is mounted at `rootfs`.
+#[allow(clippy::too_many_arguments)]
+pub fn runtime_config(
+    c: &InstanceConfig,
+    id: &str,
+    name: &str,
+    image: &ImageConfiguration,
+    rootfs: &Path,
+    cgroup_path: &str,
+    idmap: Option<vessel_api::IdMap>,
+    net: &NetSetup,
+) -> Result<Value, BundleError> {
+    let ProcessParts {
+        args,
+        env,
+        hostname,
+        uid,
+        gid,
+        cwd,
+        rlimits,
+    } = process_parts(c, id, image, rootfs)?;
+    let caps = capabilities(&c.cap_add, &c.cap_drop);
+    let rlimits: Vec<Value> = rlimits
+        .iter()
+        .map(|(kind, soft, hard)| json!({ "type": kind, "soft": soft, "hard": hard }))
+        .collect();
 
     let mut spec = vessel_runtime::spec::default_spec();
     spec["root"] = json!({ "path": rootfs, "readonly": c.read_only });

@@ -83,7 +83,11 @@ impl Manager {
                 self.fail_pending_attaches(&inst.id, &e.to_string());
                 let mgr = self.clone();
                 let id = inst.id.clone();
-                let _ = tokio::task::spawn_blocking(move || mgr.unmount(&id)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    mgr.unmount(&id);
+                    mgr.remove_vm_sockets(&id);
+                })
+                .await;
                 self.update_state(&inst.id, |s, _| *s = before)?;
                 return Err(e);
             }
@@ -92,8 +96,21 @@ impl Manager {
         self.connect_pending_attaches(&inst.id).await;
         let rt = self.runtime();
         let id = inst.id.clone();
+        if vm::is_vm(inst) {
+            // Its VMM waits on its API: boot it now that attached clients are connected.
+            let mgr = self.clone();
+            let inst2 = inst.clone();
+            let booted = tokio::task::spawn_blocking(move || mgr.boot_vm(&inst2))
+                .await
+                .map_err(blocking_err)?;
+            if let Err(e) = booted {
+                // The VMM is killed; its supervisor sees it go and exits; the watcher records it.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), Signal::SIGKILL);
+                self.watch_supervisor(inst.id.clone(), sup);
+                return Err(e);
+            }
+        }
         let is_vm = vm::is_vm(inst);
-        // A VM's VMM boots as its supervisor starts it; a container's init waits for this.
         let started =
             tokio::task::spawn_blocking(move || if is_vm { Ok(()) } else { container::start(&rt, &id) })
                 .await

@@ -18,6 +18,7 @@ mod stats;
 mod streams;
 mod supervise;
 mod vm;
+mod vm_image;
 mod watch;
 
 use std::collections::HashMap;
@@ -180,7 +181,7 @@ impl Manager {
         pull: PullPolicy,
     ) -> Result<Created, ManagerError> {
         validate_create(&mut config)?;
-        if config.kind == Kind::Vm {
+        if config.kind == Kind::Vm && config.image.is_empty() {
             // A raw VM boots its own kernel: no image to find or pull.
             let mgr = self.clone();
             let made = tokio::spawn(async move { mgr.create_from(config, None).await })
@@ -461,7 +462,7 @@ impl Manager {
             .remove()
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         let _ = std::fs::remove_file(self.cfg.attach_socket(id));
-        let _ = std::fs::remove_file(self.cfg.vmm_socket(id));
+        self.remove_vm_sockets(id);
         if let Ok(store) = self.image_store() {
             store
                 .release(&images::holder(id))
@@ -683,7 +684,7 @@ pub fn validate_create(config: &mut InstanceConfig) -> Result<(), ManagerError> 
         names::validate(n)?;
     }
     validate_network_settings(config)?;
-    if config.kind == Kind::Vm {
+    if config.kind == Kind::Vm && config.image.is_empty() {
         return Ok(());
     }
     vessel_image::reference::Reference::parse(&config.image)

@@ -109,6 +109,12 @@ impl Manager {
                 r.instance.name, r.instance.state.status
             )));
         }
+        if super::vm::has_agent(&r.instance) {
+            return Err(ManagerError::Invalid(format!(
+                "Instance {} is a VM: exec through its guest agent is not in this vesseld yet",
+                r.instance.name
+            )));
+        }
         if super::vm::is_vm(&r.instance) {
             return Err(ManagerError::Invalid(format!(
                 "Instance {} is a VM without vessel's guest agent: exec needs the agent (use its console)",

@@ -68,6 +68,9 @@ impl Manager {
             cmd.arg("--vmm-command")
                 .arg(cfg.instance_dir(&inst.id).join("vmm.json"));
         }
+        if super::vm::has_agent(inst) {
+            cmd.arg("--agent-plan").arg(self.agent_plan_file(&inst.id));
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
         // SAFETY: the closure only resets the signal mask and dispositions with async-signal-safe calls.
         unsafe {

@@ -19,6 +19,14 @@ use super::{Manager, ManagerError};
 const DEFAULT_MEMORY_MIB: u64 = 256;
 const MIN_MEMORY_MIB: u64 = 16;
 const MAX_VCPUS: u64 = 32;
+/// A VM made from an image: its writable disk by default, and the least it may have.
+pub(super) const DEFAULT_DISK: u64 = 1 << 30;
+const MIN_DISK: u64 = 16 << 20;
+/// The guest CID of every VM (each has its own vsock device and host socket).
+pub(super) const GUEST_CID: u32 = 3;
+const PVM_EXPLANATION: &str =
+    "/dev/kvm on this host is kvm-pvm (paravirtual KVM, no VT-x/SVM), which cannot boot \
+     Debian's kernel; run VMs made from images on a host with hardware KVM (or give a PVM guest --kernel)";
 /// The VMM's API answers at once; one that does not is stuck.
 const VMM_API_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel command line of a raw VM that names none: its console on the serial port the log reads.
@@ -32,23 +40,51 @@ pub fn is_vm(inst: &Instance) -> bool {
     inst.kind == Kind::Vm
 }
 
+/// A VM made from an image (with vessel's guest agent), not a raw one.
+pub fn has_agent(inst: &Instance) -> bool {
+    is_vm(inst) && !inst.image.is_empty()
+}
+
+/// kvm-pvm boots only kernels built as PVM guests.
+fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// A create request for kind vm: a raw VM (kernel, optional initrd and disks) with the settings a VM has.
 pub fn validate(config: &InstanceConfig) -> Result<(), ManagerError> {
     let spec = config.vm.clone().unwrap_or_default();
-    let Some(kernel) = &spec.kernel else {
+    let raw = config.image.is_empty();
+    if raw && spec.kernel.is_none() {
         return Err(invalid(
-            "A VM from an image needs vessel's guest agent, which this vesseld does not have yet: \
-             give --kernel (with --initrd or --disk) for a VM that boots its own OS"
-                .into(),
+            "A VM boots an image (vessel run --vm IMAGE) or its own --kernel".into(),
         ));
-    };
-    if !config.image.is_empty() {
+    }
+    if !raw && spec.kernel.is_none() && kvm_is_pvm() {
         return Err(invalid(format!(
-            "A VM with --kernel boots its own OS and takes no image (got {:?})",
-            config.image
+            "Cannot run a VM from an image here: {}",
+            PVM_EXPLANATION
         )));
     }
-    let paths = std::iter::once(kernel.as_str())
+    if raw && spec.disk_size.is_some() {
+        return Err(invalid(
+            "--disk-size sizes the writable disk of a VM made from an image; a raw VM takes --disk".into(),
+        ));
+    }
+    if !raw && !spec.disks.is_empty() {
+        return Err(invalid(
+            "--disk is for raw VMs; a VM made from an image gets its own writable disk (--disk-size)".into(),
+        ));
+    }
+    if spec.disk_size.is_some_and(|s| s < MIN_DISK) {
+        return Err(invalid(format!(
+            "--disk-size must be at least {} MiB",
+            MIN_DISK >> 20
+        )));
+    }
+    let paths = spec
+        .kernel
+        .iter()
+        .map(String::as_str)
         .chain(spec.initrd.as_deref())
         .chain(spec.disks.iter().map(|d| d.split(',').next().unwrap_or("")));
     for p in paths {
@@ -61,34 +97,42 @@ pub fn validate(config: &InstanceConfig) -> Result<(), ManagerError> {
             return Err(invalid(format!("Disk {d:?}: the only option is ro (PATH[,ro])")));
         }
     }
-    // What only a process in a container (or a guest agent) can have.
-    let agent_only = [
-        (!config.command.is_empty(), "a command"),
-        (config.entrypoint.is_some(), "--entrypoint"),
-        (!config.env.is_empty(), "--env"),
-        (config.user.is_some(), "--user"),
-        (config.workdir.is_some(), "--workdir"),
+    // What only a container has (a VM's guest has its own root, capabilities and ids).
+    let container_only = [
         (!config.volumes.is_empty(), "--volume"),
         (!config.tmpfs.is_empty(), "--tmpfs"),
         (
             !config.cap_add.is_empty() || !config.cap_drop.is_empty(),
             "--cap-add/--cap-drop",
         ),
-        (!config.ulimits.is_empty(), "--ulimit"),
         (config.read_only, "--read-only"),
-        (config.init, "--init"),
+        (config.init, "--init (the guest agent is the VM's init)"),
         (config.userns.is_some(), "--userns"),
+    ];
+    if let Some((_, what)) = container_only.iter().find(|(set, _)| *set) {
+        return Err(invalid(format!("A VM cannot take {what}")));
+    }
+    // What needs a guest agent, which a raw VM has not.
+    let agent_only = [
+        (!config.command.is_empty(), "a command"),
+        (config.entrypoint.is_some(), "--entrypoint"),
+        (!config.env.is_empty(), "--env"),
+        (config.user.is_some(), "--user"),
+        (config.workdir.is_some(), "--workdir"),
+        (!config.ulimits.is_empty(), "--ulimit"),
         (
             config.stop_signal.is_some(),
-            "--stop-signal (a VM is stopped by its power button)",
+            "--stop-signal (a raw VM is stopped by its power button)",
         ),
         (
             !config.dns.is_empty(),
             "--dns (the guest's OS sets its resolvers)",
         ),
     ];
-    if let Some((_, what)) = agent_only.iter().find(|(set, _)| *set) {
-        return Err(invalid(format!("A raw VM (--kernel) cannot take {what}")));
+    if let Some((_, what)) = agent_only.iter().find(|(set, _)| raw && *set) {
+        return Err(invalid(format!(
+            "A raw VM (--kernel, no image) cannot take {what}"
+        )));
     }
     if config.network_mode.as_deref() == Some("host") {
         return Err(invalid(
@@ -146,41 +190,137 @@ fn ip_argument(ip: std::net::Ipv4Addr, prefix: u8, gateway: Option<&str>, hostna
     format!("ip={ip}::{gw}:{mask}:{hostname}:eth0:off:{gw}")
 }
 
+/// What a VM boots, on the VMM's command line.
+pub(super) struct BootParts {
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub disks: Vec<String>,
+    pub cmdline: String,
+    /// The serial console: stdio (a raw VM's console is its output) or file:PATH.
+    pub serial: String,
+    /// cid=N,path=PATH for a VM with an agent.
+    pub vsock: Option<String>,
+}
+
+type OnNetwork<'a> = (&'a crate::store::AttachmentRecord, &'a vessel_api::Network);
+
+/// A raw VM boots what it was given; its kernel configures its first interface (`ip=`) unless its command
+/// line says otherwise.
+fn raw_boot(inst: &Instance, spec: &vessel_api::VmSpec, on_networks: &[OnNetwork<'_>]) -> BootParts {
+    let mut cmdline = spec.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into());
+    if !cmdline.split_whitespace().any(|w| w.starts_with("ip=")) {
+        if let Some((a, n)) = on_networks.iter().find(|(a, _)| a.ip4.is_some()) {
+            let prefix = n
+                .subnet
+                .as_deref()
+                .and_then(|s| s.parse::<vessel_net::ipnet::IpNet>().ok())
+                .map_or(24, |s| s.prefix_len());
+            let gateway = (!n.internal).then_some(n.gateway.as_deref()).flatten();
+            let hostname = super::bundle::hostname(&inst.config, &inst.id);
+            if let Some(ip) = a.ip4 {
+                cmdline.push(' ');
+                cmdline.push_str(&ip_argument(ip, prefix, gateway, &hostname));
+            }
+        }
+    }
+    BootParts {
+        kernel: spec.kernel.clone().unwrap_or_default(),
+        initrd: spec.initrd.clone(),
+        disks: spec.disks.clone(),
+        cmdline,
+        serial: "stdio".into(),
+        vsock: None,
+    }
+}
+
 impl Manager {
     fn vmm_command_file(&self, id: &str) -> PathBuf {
         self.cfg.instance_dir(id).join("vmm.json")
+    }
+
+    /// The VM's boot source, as `PUT /boot-source` takes it.
+    fn boot_source_file(&self, id: &str) -> PathBuf {
+        self.cfg.instance_dir(id).join("boot.json")
+    }
+
+    /// The start of a VM: its VMM (waiting on its API since its supervisor ran it) gets its boot source and
+    /// starts; a VM made from an image then has its supervisor start the main process through the agent.
+    pub(super) fn boot_vm(&self, inst: &Instance) -> Result<(), ManagerError> {
+        let socket = self.cfg.vmm_socket(&inst.id);
+        let source = std::fs::read_to_string(self.boot_source_file(&inst.id))
+            .map_err(|e| ManagerError::Internal(format!("{}: its boot source: {e}", inst.name)))?;
+        let failed = |e: VmmCallError| ManagerError::Invalid(format!("Cannot boot {}: {e}", inst.name));
+        // The VMM's socket appears a moment after it runs.
+        let deadline = std::time::Instant::now() + VMM_API_TIMEOUT;
+        loop {
+            match vmm_call(&socket, "PUT", "/boot-source", &source) {
+                Err(VmmCallError::Unreachable(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                r => break r.map_err(failed)?,
+            }
+        }
+        vmm_call(&socket, "PUT", "/actions", r#"{"action_type":"InstanceStart"}"#).map_err(failed)?;
+        if has_agent(inst) {
+            self.start_main_process(inst)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the supervisor of a booting VM to start its main process through the agent; waits for it.
+    fn start_main_process(&self, inst: &Instance) -> Result<(), ManagerError> {
+        use crate::supervisor::vm::{SupervisorReply, SupervisorRequest};
+        use vessel_api::frames::{self, Decoder, FrameKind};
+        let failed = |m: String| ManagerError::Invalid(format!("Cannot start {}: {m}", inst.name));
+        let mut s = UnixStream::connect(self.cfg.attach_socket(&inst.id))
+            .map_err(|e| failed(format!("its supervisor: {e}")))?;
+        // The supervisor waits up to the boot timeout for the agent, then answers.
+        let _ = s.set_read_timeout(Some(
+            Duration::from_secs(self.cfg.vm_boot_timeout) + VMM_API_TIMEOUT,
+        ));
+        let request = serde_json::to_vec(&SupervisorRequest::StartMain).unwrap_or_default();
+        s.write_all(&frames::encode(FrameKind::Control, &request))
+            .map_err(|e| failed(format!("its supervisor: {e}")))?;
+        let mut decoder = Decoder::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            match decoder.next_frame() {
+                Ok(Some((FrameKind::Control, payload))) => {
+                    return match serde_json::from_slice::<SupervisorReply>(&payload) {
+                        Ok(SupervisorReply::Started { .. }) => Ok(()),
+                        Ok(SupervisorReply::Failed { message }) => Err(failed(message)),
+                        Err(e) => Err(failed(format!("its supervisor's answer: {e}"))),
+                    };
+                }
+                // Output the main process made at once: for the log and attached clients, not for us.
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+            match s.read(&mut buf) {
+                Ok(0) => return Err(failed("its supervisor hung up".into())),
+                Ok(n) => decoder.push(&buf[..n]),
+                Err(e) => return Err(failed(format!("no answer from its supervisor: {e}"))),
+            }
+        }
     }
 
     /// Before each start: the boot files are checked and the VMM's command line written for the
     /// supervisor; returns the file's path.
     pub(super) fn prepare_vm(&self, inst: &Instance) -> Result<PathBuf, ManagerError> {
         let spec = inst.config.vm.clone().unwrap_or_default();
-        let kernel = spec.kernel.clone().unwrap_or_default();
-        for p in std::iter::once(kernel.as_str())
+        for p in spec
+            .kernel
+            .iter()
+            .map(String::as_str)
             .chain(spec.initrd.as_deref())
             .chain(spec.disks.iter().map(|d| d.split(',').next().unwrap_or("")))
         {
             std::fs::File::open(p).map_err(|e| invalid(format!("Cannot read {p}: {e}")))?;
         }
-        let mut argv: Vec<String> = vec![self.cfg.vmm.display().to_string()];
-        let mut arg = |k: &str, v: String| {
-            argv.push(k.into());
-            argv.push(v);
-        };
-        arg("--kernel", kernel);
-        if let Some(i) = &spec.initrd {
-            arg("--initrd", i.clone());
-        }
-        for d in &spec.disks {
-            arg("--disk", d.clone());
-        }
-        arg("--memory", memory_mib(&inst.config)?.to_string());
-        arg("--cpus", vcpus(&inst.config)?.to_string());
-        arg("--serial", "stdio".into());
-        arg("--api-sock", self.cfg.vmm_socket(&inst.id).display().to_string());
-        let mut cmdline = spec.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into());
         let atts = self.attachments_of_vm(&inst.id)?;
         let nets = self.store.networks()?;
+        let mut on_networks = Vec::new();
         for a in &atts {
             let n = nets
                 .iter()
@@ -192,39 +332,62 @@ impl Manager {
                     n.name
                 )));
             }
+            on_networks.push((a, n));
+        }
+        let boot = if has_agent(inst) {
+            self.image_boot(inst, &on_networks)?
+        } else {
+            raw_boot(inst, &spec, &on_networks)
+        };
+        // The VMM waits on its API for its boot source: vesseld boots it at start, once clients that
+        // attached before have their connection (so they see the console from the first byte).
+        let mut argv: Vec<String> = vec![self.cfg.vmm.display().to_string()];
+        let mut arg = |k: &str, v: String| {
+            argv.push(k.into());
+            argv.push(v);
+        };
+        for d in boot.disks {
+            arg("--disk", d);
+        }
+        arg("--memory", memory_mib(&inst.config)?.to_string());
+        arg("--cpus", vcpus(&inst.config)?.to_string());
+        arg("--serial", boot.serial);
+        if let Some(v) = boot.vsock {
+            arg("--vsock", v);
+        }
+        arg("--api-sock", self.cfg.vmm_socket(&inst.id).display().to_string());
+        for (a, _) in &on_networks {
             arg("--net", format!("tap={},mac={}", a.host_ifname, a.mac));
         }
-        // The kernel configures its first interface when the command line does not say otherwise.
-        if !cmdline.split_whitespace().any(|w| w.starts_with("ip=")) {
-            if let Some((a, n)) = atts.iter().find_map(|a| {
-                let n = nets.iter().find(|n| n.id == a.network_id)?;
-                a.ip4.is_some().then_some((a, n))
-            }) {
-                let prefix = n
-                    .subnet
-                    .as_deref()
-                    .and_then(|s| s.parse::<vessel_net::ipnet::IpNet>().ok())
-                    .map_or(24, |s| s.prefix_len());
-                let gateway = (!n.internal).then_some(n.gateway.as_deref()).flatten();
-                let hostname = super::bundle::hostname(&inst.config, &inst.id);
-                if let Some(ip) = a.ip4 {
-                    cmdline.push(' ');
-                    cmdline.push_str(&ip_argument(ip, prefix, gateway, &hostname));
-                }
-            }
-        }
-        arg("--cmdline", cmdline);
         if spec.pvm_guest_kernel {
             argv.push("--pvm-guest-kernel".into());
         }
+        let source = serde_json::json!({
+            "kernel_image_path": boot.kernel,
+            "initrd_path": boot.initrd,
+            "boot_args": boot.cmdline,
+        });
         let path = self.vmm_command_file(&inst.id);
         std::fs::create_dir_all(self.cfg.instance_dir(&inst.id))
             .and_then(|()| {
                 crate::supervisor::write_atomic(&path, &serde_json::to_vec(&argv).unwrap_or_default())
             })
+            .and_then(|()| {
+                crate::supervisor::write_atomic(
+                    &self.boot_source_file(&inst.id),
+                    &serde_json::to_vec(&source).unwrap_or_default(),
+                )
+            })
             .map_err(|e| ManagerError::Internal(format!("Cannot write {}: {e}", path.display())))?;
-        let _ = std::fs::remove_file(self.cfg.vmm_socket(&inst.id));
+        self.remove_vm_sockets(&inst.id);
         Ok(path)
+    }
+
+    /// A VM's VMM sockets (its API and vsock), which a VMM that was killed leaves behind.
+    pub(super) fn remove_vm_sockets(&self, id: &str) {
+        for s in [self.cfg.vmm_socket(id), self.cfg.vsock_socket(id)] {
+            let _ = std::fs::remove_file(s);
+        }
     }
 
     fn attachments_of_vm(&self, id: &str) -> Result<Vec<crate::store::AttachmentRecord>, ManagerError> {
@@ -259,9 +422,12 @@ impl Manager {
         Ok(())
     }
 
-    /// A signal for a VM: SIGKILL ends its VMM; SIGTERM, SIGINT and SIGPWR press its power button (the
-    /// guest decides); others need a guest agent.
+    /// A signal for a VM: SIGKILL ends its VMM. A VM made from an image passes any other to its main
+    /// process; a raw VM takes SIGTERM, SIGINT and SIGPWR as its power button (the guest decides).
     pub(super) fn signal_vm(&self, inst: &Instance, sig: Signal) -> Result<(), ManagerError> {
+        if has_agent(inst) && sig != Signal::SIGKILL {
+            return self.signal_main_process(inst, sig);
+        }
         match sig {
             Signal::SIGKILL => {
                 if let Some(pid) = inst.state.pid {
@@ -285,6 +451,22 @@ impl Manager {
             other => Err(invalid(format!(
                 "A VM takes SIGKILL, or SIGTERM, SIGINT or SIGPWR (its power button); {other} needs the guest agent"
             ))),
+        }
+    }
+
+    /// A signal for the main process of a VM made from an image: through its supervisor, which holds the
+    /// agent's session of that process.
+    fn signal_main_process(&self, inst: &Instance, sig: Signal) -> Result<(), ManagerError> {
+        let frame =
+            vessel_agent::proto::control(&vessel_agent::proto::Request::Signal { signal: sig as i32 });
+        match UnixStream::connect(self.cfg.attach_socket(&inst.id)) {
+            Ok(mut s) => {
+                let _ = s.set_write_timeout(Some(VMM_API_TIMEOUT));
+                s.write_all(&frame)
+                    .map_err(|e| ManagerError::Internal(format!("{}: cannot signal: {e}", inst.name)))
+            }
+            // Its supervisor is gone: the exit is being recorded.
+            Err(_) => Ok(()),
         }
     }
 

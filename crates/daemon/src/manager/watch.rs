@@ -73,6 +73,7 @@ impl Manager {
             let _ = vessel_runtime::container::delete(&mgr.runtime(), &id2, true);
             mgr.remove_cgroup(&id2);
             let _ = std::fs::remove_file(mgr.cfg.attach_socket(&id2));
+            mgr.remove_vm_sockets(&id2);
             mgr.unmount(&id2);
         })
         .await

@@ -95,6 +95,7 @@ fn start(args: &ExecArgs) -> Result<Supervisor, SupervisorError> {
         tty_size: None,
         stdin: true,
         vmm_command: None,
+        agent_plan: None,
     };
     Supervisor::for_exec(pid, output, stdin, signals, run_args)
 }

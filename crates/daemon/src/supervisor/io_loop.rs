@@ -26,10 +26,40 @@ const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// flood cost less than the resident pages of a bigger buffer in every supervisor).
 const READ_BUF: usize = 8 * 1024;
 
-/// The container's output side: two pipes, or one terminal.
+/// The instance's output side: two pipes, one terminal, or a VM's guest-agent session (whose frames carry
+/// the main process's output and, last, its exit status).
 pub(super) enum Output {
-    Pipes { out: Option<File>, err: Option<File> },
-    Terminal { master: Option<File> },
+    Pipes {
+        out: Option<File>,
+        err: Option<File>,
+    },
+    Terminal {
+        master: Option<File>,
+    },
+    Agent {
+        conn: Option<File>,
+        decoder: Decoder,
+        exit: Option<i32>,
+    },
+}
+
+impl Output {
+    pub(super) fn agent(conn: File, decoder: Decoder) -> Output {
+        Output::Agent {
+            conn: Some(conn),
+            decoder,
+            exit: None,
+        }
+    }
+
+    /// A VM whose main process has not started yet.
+    pub(super) fn waiting_for_agent() -> Output {
+        Output::Agent {
+            conn: None,
+            decoder: Decoder::default(),
+            exit: None,
+        }
+    }
 }
 
 /// An attached client: a connection to our socket, or (for exec) our own stdin and stdout.
@@ -166,6 +196,7 @@ impl Supervisor {
         let (out, err, master) = match &self.output {
             Output::Pipes { out, err } => (fd(out.as_ref()), fd(err.as_ref()), -1),
             Output::Terminal { master } => (-1, -1, fd(master.as_ref())),
+            Output::Agent { conn, .. } => (fd(conn.as_ref()), -1, -1),
         };
         let fds = [
             out,
@@ -177,10 +208,15 @@ impl Supervisor {
         for n in fds.iter().filter(|n| **n >= 0) {
             let _ = nix::fcntl::fcntl(*n, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
         }
+        let agent_pending = match &self.output {
+            Output::Agent { decoder, .. } => decoder.pending().to_vec(),
+            _ => Vec::new(),
+        };
         let serve = super::ServeArgs {
             run: self.args.clone(),
             init: self.init,
             fds,
+            agent_pending,
         };
         let cargs: Vec<std::ffi::CString> = [
             "vessel-supervisor".to_string(),
@@ -208,7 +244,15 @@ impl Supervisor {
         for n in a.fds.iter().filter(|n| **n >= 0) {
             let _ = nix::fcntl::fcntl(*n, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
         }
-        let output = if args.tty {
+        let output = if args.agent_plan.is_some() {
+            let mut decoder = Decoder::default();
+            decoder.push(&a.agent_pending);
+            Output::Agent {
+                conn: take(a.fds[0]),
+                decoder,
+                exit: None,
+            }
+        } else if args.tty {
             Output::Terminal {
                 master: take(a.fds[2]),
             }
@@ -260,6 +304,12 @@ impl Supervisor {
         while self.output_open() && Instant::now() < deadline {
             self.poll_once(PollTimeout::from(50u16));
         }
+        // A VM's status is its main process's, as its agent told it; without that (the VMM or the guest
+        // died first), the VMM's.
+        let exit_code = match &self.output {
+            Output::Agent { exit: Some(code), .. } => *code,
+            _ => exit_code,
+        };
         if let Some(log) = self.log.as_mut() {
             log.flush_partial();
         }
@@ -304,6 +354,7 @@ impl Supervisor {
         match &self.output {
             Output::Pipes { out, err } => out.is_some() || err.is_some(),
             Output::Terminal { master } => master.is_some(),
+            Output::Agent { conn, .. } => conn.is_some(),
         }
     }
 
@@ -315,6 +366,7 @@ impl Supervisor {
         let (a, b) = match &self.output {
             Output::Pipes { out, err } => (out.as_ref(), err.as_ref()),
             Output::Terminal { master } => (master.as_ref(), None),
+            Output::Agent { conn, .. } => (conn.as_ref(), None),
         };
         let sig_fd = self.signals.as_fd();
         let listener = self.listener.as_ref();
@@ -391,6 +443,9 @@ impl Supervisor {
     }
 
     fn read_output_into(&mut self, second: bool, buf: &mut [u8]) {
+        if let Output::Agent { .. } = self.output {
+            return self.read_agent(buf);
+        }
         let (file, stderr) = match &mut self.output {
             Output::Pipes { out, err } => {
                 if second {
@@ -400,6 +455,7 @@ impl Supervisor {
                 }
             }
             Output::Terminal { master } => (master, false),
+            Output::Agent { .. } => return,
         };
         let Some(f) = file.as_mut() else { return };
         match f.read(buf) {
@@ -420,6 +476,51 @@ impl Supervisor {
         }
     }
 
+    /// The agent's session: output frames to the log and the clients as they are; its exit frame ends the
+    /// session (closing it lets the guest power off at once).
+    fn read_agent(&mut self, buf: &mut [u8]) {
+        let Output::Agent { conn, decoder, exit } = &mut self.output else {
+            return;
+        };
+        let Some(f) = conn.as_mut() else { return };
+        match f.read(buf) {
+            Ok(0) | Err(_) => {
+                *conn = None;
+                return;
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+        }
+        loop {
+            let (kind, payload) = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                // A broken guest: its session ends, the instance's exit is the VMM's.
+                Err(e) => {
+                    eprintln!("vessel-supervisor: {}: guest agent: {e}", self.args.id);
+                    *conn = None;
+                    self.stdin = None;
+                    return;
+                }
+            };
+            match kind {
+                FrameKind::Stdout | FrameKind::Stderr => {
+                    if let Some(log) = self.log.as_mut() {
+                        log.write(kind == FrameKind::Stderr, &payload);
+                    }
+                    let frame = frames::encode(kind, &payload);
+                    self.clients.retain_mut(|c| c.writer.write_all(&frame).is_ok());
+                }
+                FrameKind::Exit => {
+                    *exit = frames::decode_exit(&payload);
+                    *conn = None;
+                    self.stdin = None;
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Frames from a client; false when it is gone.
     fn read_client(&mut self, i: usize) -> bool {
         let n = match self.clients[i].reader.read(&mut self.buf) {
@@ -430,6 +531,18 @@ impl Supervisor {
         clients[i].decoder.push(&buf[..n]);
         loop {
             match self.clients[i].decoder.next_frame() {
+                Ok(Some((FrameKind::Control, data))) if self.is_start_main(&data) => self.start_main(i),
+                // A guest's session takes the client's frames as they are.
+                Ok(Some((
+                    kind @ (FrameKind::Stdin | FrameKind::StdinEof | FrameKind::Resize | FrameKind::Control),
+                    data,
+                ))) if matches!(self.output, Output::Agent { .. }) => {
+                    if let Some(s) = self.stdin.as_mut() {
+                        if s.write_all(&frames::encode(kind, &data)).is_err() {
+                            self.stdin = None;
+                        }
+                    }
+                }
                 Ok(Some((FrameKind::Stdin, data))) => {
                     if let Some(s) = self.stdin.as_mut() {
                         if s.write_all(&data).is_err() {
@@ -444,7 +557,7 @@ impl Supervisor {
                             let _ = s.write_all(&[4]);
                         }
                     }
-                    Output::Pipes { .. } => self.stdin = None,
+                    Output::Pipes { .. } | Output::Agent { .. } => self.stdin = None,
                 },
                 Ok(Some((FrameKind::Resize, data))) => {
                     if let (Some((rows, cols)), Output::Terminal { master: Some(m) }) =
@@ -458,6 +571,39 @@ impl Supervisor {
                 Err(_) => return false,
             }
         }
+    }
+
+    fn is_start_main(&self, data: &[u8]) -> bool {
+        matches!(self.output, Output::Agent { .. })
+            && matches!(
+                serde_json::from_slice::<super::vm::SupervisorRequest>(data),
+                Ok(super::vm::SupervisorRequest::StartMain)
+            )
+    }
+
+    /// vesseld booted the VM: reach its agent, start the main process, answer client `i`.
+    fn start_main(&mut self, i: usize) {
+        let started = match (&self.output, &self.args.agent_plan) {
+            (Output::Agent { conn: None, .. }, Some(plan)) => super::vm::start_main_process(plan),
+            _ => Err(SupervisorError::Agent(
+                "the main process has started already".into(),
+            )),
+        };
+        let reply = match started {
+            Ok((pid, output, stdin)) => {
+                self.output = output;
+                self.stdin = stdin;
+                super::vm::SupervisorReply::Started { pid }
+            }
+            Err(e) => super::vm::SupervisorReply::Failed {
+                message: e.to_string(),
+            },
+        };
+        let frame = frames::encode(
+            FrameKind::Control,
+            &serde_json::to_vec(&reply).unwrap_or_default(),
+        );
+        let _ = self.clients[i].writer.write_all(&frame);
     }
 
     /// OOM kills in the container's memory cgroup (v1 memory.oom_control, v2 memory.events), read before the

@@ -14,7 +14,7 @@ mod io_loop;
 pub use io_loop::write_atomic;
 pub mod logfile;
 mod terminal;
-mod vm;
+pub mod vm;
 
 use std::fs::File;
 use std::io::Write;
@@ -52,8 +52,12 @@ pub struct ServeArgs {
     pub run: RunArgs,
     /// The container's init.
     pub init: i32,
-    /// Descriptors: stdout, stderr, terminal master, stdin writer, attach listener (-1: none).
+    /// Descriptors: stdout (or the agent's connection), stderr, terminal master, stdin writer, attach
+    /// listener (-1: none).
     pub fds: [i32; 5],
+    /// Bytes of the agent's session read before the hand-over and not yet decoded.
+    #[serde(default)]
+    pub agent_pending: Vec<u8>,
 }
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +97,11 @@ pub struct RunArgs {
     #[arg(long = "vmm-command")]
     #[serde(default)]
     pub vmm_command: Option<PathBuf>,
+    /// A VM made from an image: how to reach its guest agent and what to run there (JSON, `vm::AgentPlan`).
+    /// The instance's stdio is then the agent's session; the VM's console goes to a file.
+    #[arg(long = "agent-plan", requires = "vmm_command")]
+    #[serde(default)]
+    pub agent_plan: Option<PathBuf>,
 }
 
 /// What the supervisor writes to `--exit-file`.
@@ -120,6 +129,9 @@ pub struct Ready {
 pub enum SupervisorError {
     #[error("Invalid process to exec: {0}")]
     BadProcess(String),
+    /// The VM's guest agent (its boot, handshake or main process) failed.
+    #[error("{0}")]
+    Agent(String),
     #[error(transparent)]
     Container(#[from] vessel_runtime::container::ContainerError),
     #[error("Cannot {action}: {source}")]
