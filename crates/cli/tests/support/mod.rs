@@ -381,7 +381,12 @@ impl Drop for Daemon {
         }
         self.stop();
         self.netns = None;
-        let _ = vessel_net::netns::remove(&self.base.join("host.netns"));
+        // vesseld's namespace and any a test made beside it (an "outside host"): their bind mounts go.
+        for e in std::fs::read_dir(&self.base).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "netns") {
+                let _ = vessel_net::netns::remove(&e.path());
+            }
+        }
         for ctl in [
             "memory",
             "pids",

@@ -143,6 +143,29 @@ impl Manager {
                         )));
                     }
                 }
+                // A VLAN sub-interface vesseld makes goes with its network: it may be neither one there
+                // already (the host's, or another network's) nor the parent of another network.
+                let others = self.store.networks()?;
+                let sub = cfg.vlan.map(|v| format!("{p}.{v}"));
+                let owner = |l: &str| others.iter().find(|o| o.vlan.is_some() && o.link == l);
+                if let Some(sub) = &sub {
+                    if let Some(o) = owner(sub) {
+                        return Err(ManagerError::Conflict(format!(
+                            "VLAN link {sub} belongs to network {} already",
+                            o.name
+                        )));
+                    }
+                    if vessel_net::link::index(sub).is_some() {
+                        return Err(ManagerError::Conflict(format!(
+                            "VLAN link {sub} exists already on the host: give it as --parent, without --vlan"
+                        )));
+                    }
+                } else if let Some(o) = owner(p) {
+                    return Err(ManagerError::Conflict(format!(
+                        "{p} is the VLAN link of network {}: it goes with that network",
+                        o.name
+                    )));
+                }
             }
             other => {
                 return Err(invalid(format!(

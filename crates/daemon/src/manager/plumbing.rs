@@ -41,8 +41,13 @@ pub fn make_network_link(n: &Network) -> Result<(), ManagerError> {
         let Some(vlan) = n.vlan else { return Ok(()) };
         let mut nl = Netlink::open().map_err(|e| ManagerError::Internal(format!("netlink: {e}")))?;
         if link::index(&n.link).is_none() {
-            link::add_vlan(&mut nl, &n.link, parent_index, vlan)
-                .map_err(|e| ManagerError::Internal(format!("Cannot create VLAN link {}: {e}", n.link)))?;
+            link::add_vlan(&mut nl, &n.link, parent_index, vlan).map_err(|e| {
+                let why = match e.raw_os_error() {
+                    Some(libc::EOPNOTSUPP) => "this kernel has no 802.1Q VLAN support (8021q)".into(),
+                    _ => e.to_string(),
+                };
+                ManagerError::Internal(format!("Cannot create VLAN link {}: {why}", n.link))
+            })?;
         }
         let i = link::index(&n.link).ok_or_else(|| ManagerError::Internal(format!("{} vanished", n.link)))?;
         link::set(
