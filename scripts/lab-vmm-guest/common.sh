@@ -191,6 +191,55 @@ lv_vmm() {
 }
 
 # lv_prepare LAB NEED-VESSEL NEED-QEMU [NEED-STD] (0 or 1 each): everything above, and the level-1 boot helper.
+# lv_vessel_instances LAB: what boot8 needs in level 1: static vesseld, vessel-supervisor, vessel and vessel-agent
+# (built as scripts/lab-cgroup-v2 builds them, in the same target dir), the busybox image's root filesystem, and the
+# level-2 kernel's tree as vesseld's kernel cache holds it (vmlinuz, modules.dep, modules.builtin and the module
+# files of the lines that name what vessel's initramfs loads).
+lv_vessel_instances() {
+  local lab=$1 triple=x86_64-unknown-linux-gnu t0 b dir
+  t0=$(date +%s)
+  dir=${VESSEL_LAB_TARGET_DIR:-$top/target/lab}
+  echo "== $me: building static vesseld, vessel-supervisor, vessel and vessel-agent ($dir/$triple)"
+  (cd "$top" && env -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$dir" RUSTFLAGS='-C target-feature=+crt-static' \
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu CARGO_TERM_COLOR=never \
+    cargo build --quiet -p vessel-daemon --bins -p vessel --bin vessel -p vessel-agent --bin vessel-agent \
+    --target "$triple") || lv_die "the static build of vesseld, vessel and vessel-agent failed (see above)"
+  mkdir -p "$lab/bin"
+  for b in vesseld vessel-supervisor vessel vessel-agent; do
+    if readelf -l "$dir/$triple/debug/$b" | grep -q 'program interpreter'; then
+      lv_die "$b is dynamically linked; level 1 has no shared libraries"
+    fi
+    strip -o "$lab/bin/$b" "$dir/$triple/debug/$b"
+  done
+  # vesseld looks for vessel-vmm beside itself.
+  [ -f "$lab/bin/vessel-vmm" ] || lv_die "boot8 needs the static vessel-vmm in $lab/bin"
+  echo "   built in $(($(date +%s) - t0)) s"
+  "$top/scripts/busybox-rootfs" "$lab/rootfs" >/dev/null || lv_die "scripts/busybox-rootfs failed"
+  local k=$lab/kernels/$L2_PKG m=lib/modules/$L2_KVER
+  mkdir -p "$k/boot" "$k/$m"
+  cp "$L2_KDIR/boot/vmlinuz-$L2_KVER" "$k/boot/"
+  cp "$L2_KDIR/$m/modules.dep" "$L2_KDIR/$m/modules.builtin" "$k/$m/"
+  grep -E 'virtio|vsock|overlay|failover|crc32c|ext4|jbd2|mbcache|crc16' "$L2_KDIR/$m/modules.dep" | tr -d ':' |
+    tr ' ' '\n' | grep . | sort -u | while read -r f; do
+      mkdir -p "$k/$m/$(dirname "$f")"
+      cp "$L2_KDIR/$m/$f" "$k/$m/$f"
+    done
+  # vesseld builds ext4 disks with mkfs.ext4 -d; level 1's busybox has none: Debian's, with its libraries and
+  # loader, behind a wrapper named as vesseld calls it.
+  local e2=$lab/e2fs mke2fs
+  mke2fs=$(command -v mke2fs) || lv_die "mke2fs is missing (apt-get install e2fsprogs)"
+  mkdir -p "$e2"
+  cp "$mke2fs" "$e2/mke2fs"
+  ldd "$mke2fs" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /ld-linux/ { print $1 }' | while read -r l; do
+    cp -L "$l" "$e2/"
+  done
+  # mke2fs takes the file system type from its name (--argv0).
+  printf '#!/bin/sh\nexec /lab/e2fs/ld-linux-x86-64.so.2 --library-path /lab/e2fs --argv0 mkfs.ext4 /lab/e2fs/mke2fs "$@"\n' \
+    > "$e2/mkfs.ext4"
+  chmod +x "$e2/mkfs.ext4"
+  cp "$top/scripts/lab-vmm-guest/vm-instances.sh" "$lab/vm-instances.sh"
+}
+
 lv_prepare() {
   local lab=$1 need_vessel=$2 need_qemu=$3 need_std=${4:-0}
   rm -rf "$lab"

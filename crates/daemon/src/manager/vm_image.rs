@@ -39,7 +39,8 @@ impl Manager {
         let image = self
             .held_image(&store, &inst.id, &inst.image_id)
             .map_err(|e| ManagerError::Internal(format!("Image {} of {}: {e}", inst.image, inst.name)))?;
-        let base = vmboot::disks::base_disk(&store, &image, &self.cfg.vm_disks_dir()).map_err(boot_err)?;
+        let base = vmboot::disks::base_disk(&store, &image, &self.cfg.vm_disks_dir(), &inst.image)
+            .map_err(boot_err)?;
         let data = dir.join("data.ext4");
         vmboot::disks::data_disk(&data, spec.disk_size.unwrap_or(DEFAULT_DISK)).map_err(boot_err)?;
         let (kernel, initrd) = match &spec.kernel {

@@ -60,12 +60,41 @@ fn unpacked(dir: &Path) -> Option<(PathBuf, String)> {
     kernel.exists().then_some((kernel, version))
 }
 
+/// The newest cloud kernel unpacked in `cache` (by its package's name).
+fn cached(cache: &Path) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("linux-image-") && n.ends_with("-cloud-amd64"))
+        })
+        .filter(|p| unpacked(p).is_some())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
 /// The default kernel in `cache` (fetched and unpacked on first use) with its initramfs for `agent`.
 pub fn default_kernel(cache: &Path, agent: &Path) -> Result<GuestKernel, BootError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BootError::Io { path, source }
     };
+    // A kernel in the cache is used as it is: apt is asked only when there is none (remove the cache's
+    // directory to move to a newer one).
+    if let Some(dir) = cached(cache) {
+        if let Some((kernel, version)) = unpacked(&dir) {
+            let initrd = super::initramfs_for(&dir, &version, agent)?;
+            return Ok(GuestKernel {
+                kernel,
+                initrd,
+                version,
+            });
+        }
+    }
     let package = resolve(DEFAULT_PACKAGE)?;
     let dir = cache.join(&package);
     if unpacked(&dir).is_none() {

@@ -9,8 +9,8 @@ use vessel_image::store::{ImageRecord, Store};
 
 use super::BootError;
 
-/// The image's base disk under `dir`, built when missing.
-pub fn base_disk(store: &Store, image: &ImageRecord, dir: &Path) -> Result<PathBuf, BootError> {
+/// The image's base disk under `dir`, built when missing (`shown` names the image in errors).
+pub fn base_disk(store: &Store, image: &ImageRecord, dir: &Path, shown: &str) -> Result<PathBuf, BootError> {
     let name = image.config.to_string().replace(':', "-");
     let out = dir.join(format!("{name}.ext4"));
     if out.exists() {
@@ -22,7 +22,7 @@ pub fn base_disk(store: &Store, image: &ImageRecord, dir: &Path) -> Result<PathB
     })?;
     // Room for nothing: the image's disk is never written.
     vessel_image::ext4::build_ext4(store, image, &out, 0).map_err(|e| BootError::Disk {
-        image: image.name.clone(),
+        image: shown.to_string(),
         why: e.to_string(),
     })?;
     Ok(out)
