@@ -43,7 +43,18 @@ pub fn data_disk(path: &Path, size: u64) -> Result<(), BootError> {
         .and_then(|f| f.set_len(size))
         .map_err(io)?;
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-L", "vessel-data"])
+        // Lazy inode tables and journal: mkfs writes only the metadata it must, and the file stays sparse
+        // (the guest's kernel initializes the rest as it goes).
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
+            "-L",
+            "vessel-data",
+        ])
         .arg(&tmp)
         .output()
         .map_err(|e| BootError::Tool {
