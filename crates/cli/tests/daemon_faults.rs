@@ -74,9 +74,9 @@ fn bad_requests_get_a_4xx_with_one_line_and_change_nothing() {
         (
             "POST",
             "/1.0/instances",
-            r#"{"image":"t/busybox","kind":"vm"}"#,
+            r#"{"image":"","kind":"vm"}"#,
             400,
-            "kind vm",
+            "or its own --kernel",
         ),
         (
             "PUT",

@@ -126,7 +126,7 @@ mod tests {
             check(Input::Since, b"18446744073709551615h").is_ok(),
             "an hour count that overflows means since the epoch"
         );
-        assert!(check(Input::Frames, &[7, 0, 0, 0, 0]).is_err());
+        assert!(check(Input::Frames, &[8, 0, 0, 0, 0]).is_err());
         assert!(check(Input::PullBody, br#"{"reference":"UPPER:::"}"#).is_err());
         assert!(check(
             Input::PullBody,

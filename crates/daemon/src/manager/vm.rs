@@ -50,7 +50,8 @@ fn kvm_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// A create request for kind vm: a raw VM (kernel, optional initrd and disks) with the settings a VM has.
+/// A create request for kind vm: from an image (with the guest agent) or raw (its own kernel), with only the
+/// settings a VM has.
 pub fn validate(config: &InstanceConfig) -> Result<(), ManagerError> {
     let spec = config.vm.clone().unwrap_or_default();
     let raw = config.image.is_empty();
