@@ -54,6 +54,14 @@ fn rootfs() -> &'static Path {
             "busybox-rootfs: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Gone when the test binary exits (a static has no drop).
+        extern "C" fn remove_rootfs() {
+            if let Some(d) = DIR.get() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+        // SAFETY: atexit registers a function with no arguments that only removes a directory.
+        unsafe { libc::atexit(remove_rootfs) };
         dir
     })
 }
