@@ -75,7 +75,8 @@ impl Manager {
         self.cfg.run_dir.join("netns").join(id)
     }
 
-    fn attachments_of(&self, id: &str) -> Result<Vec<AttachmentRecord>, ManagerError> {
+    /// The instance's attachments, in the order they were made (the store's).
+    pub(super) fn attachments_of(&self, id: &str) -> Result<Vec<AttachmentRecord>, ManagerError> {
         Ok(self
             .store
             .attachments()?

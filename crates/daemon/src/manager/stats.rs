@@ -71,10 +71,8 @@ impl Manager {
     fn sample_vm(&self, inst: &vessel_api::Instance) -> Result<Sample, ManagerError> {
         let pid = inst.state.pid.unwrap_or(0);
         let taps: Vec<String> = self
-            .store
-            .attachments()?
+            .attachments_of(&inst.id)?
             .into_iter()
-            .filter(|a| a.instance_id == inst.id)
             .map(|a| a.host_ifname)
             .collect();
         let u = super::vm::vm_usage(pid, &taps);
@@ -180,13 +178,17 @@ fn host_memory() -> u64 {
 
 /// Bytes received and sent on every interface but loopback in the process's network namespace.
 fn net_bytes(pid: Option<i32>) -> (u64, u64) {
-    let Some(pid) = pid else { return (0, 0) };
+    pid.map_or((0, 0), |pid| net_dev(pid, |name| name != "lo"))
+}
+
+/// Bytes received and sent on the interfaces `keep` picks in the process's network namespace.
+pub(super) fn net_dev(pid: i32, keep: impl Fn(&str) -> bool) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
     text.lines()
         .skip(2)
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
-            if name.trim() == "lo" {
+            if !keep(name.trim()) {
                 return None;
             }
             let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();

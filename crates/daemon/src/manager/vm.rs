@@ -82,13 +82,7 @@ pub fn validate(config: &InstanceConfig) -> Result<(), ManagerError> {
             MIN_DISK >> 20
         )));
     }
-    let paths = spec
-        .kernel
-        .iter()
-        .map(String::as_str)
-        .chain(spec.initrd.as_deref())
-        .chain(spec.disks.iter().map(|d| d.split(',').next().unwrap_or("")));
-    for p in paths {
+    for p in boot_files(&spec) {
         if !p.starts_with('/') {
             return Err(invalid(format!("{p:?} is not an absolute path")));
         }
@@ -161,6 +155,15 @@ pub fn validate(config: &InstanceConfig) -> Result<(), ManagerError> {
     memory_mib(config)?;
     vcpus(config)?;
     Ok(())
+}
+
+/// The host files a VM's spec names: kernel, initrd, disks (without their options).
+fn boot_files(spec: &vessel_api::VmSpec) -> impl Iterator<Item = &str> {
+    spec.kernel
+        .iter()
+        .map(String::as_str)
+        .chain(spec.initrd.as_deref())
+        .chain(spec.disks.iter().map(|d| d.split(',').next().unwrap_or("")))
 }
 
 fn memory_mib(config: &InstanceConfig) -> Result<u64, ManagerError> {
@@ -310,16 +313,10 @@ impl Manager {
     /// supervisor; returns the file's path.
     pub(super) fn prepare_vm(&self, inst: &Instance) -> Result<PathBuf, ManagerError> {
         let spec = inst.config.vm.clone().unwrap_or_default();
-        for p in spec
-            .kernel
-            .iter()
-            .map(String::as_str)
-            .chain(spec.initrd.as_deref())
-            .chain(spec.disks.iter().map(|d| d.split(',').next().unwrap_or("")))
-        {
+        for p in boot_files(&spec) {
             std::fs::File::open(p).map_err(|e| invalid(format!("Cannot read {p}: {e}")))?;
         }
-        let atts = self.attachments_of_vm(&inst.id)?;
+        let atts = self.attachments_of(&inst.id)?;
         let nets = self.store.networks()?;
         let mut on_networks = Vec::new();
         for a in &atts {
@@ -391,21 +388,10 @@ impl Manager {
         }
     }
 
-    fn attachments_of_vm(&self, id: &str) -> Result<Vec<crate::store::AttachmentRecord>, ManagerError> {
-        let mut atts: Vec<_> = self
-            .store
-            .attachments()?
-            .into_iter()
-            .filter(|a| a.instance_id == id)
-            .collect();
-        atts.sort_by_key(|a| a.seq);
-        Ok(atts)
-    }
-
     /// Before a start: a tap on its bridge for each recorded attachment (those there already stay, as a
     /// container's veths do; they go with the instance).
     pub(super) fn plumb_taps(&self, inst: &Instance) -> Result<(), ManagerError> {
-        for a in self.attachments_of_vm(&inst.id)? {
+        for a in self.attachments_of(&inst.id)? {
             if vessel_net::link::index(&a.host_ifname).is_some() {
                 continue;
             }
@@ -574,19 +560,7 @@ pub(super) fn vm_usage(pid: i32, taps: &[String]) -> VmUsage {
             .unwrap_or(0)
     };
     // The tap's transmit is the guest's receive.
-    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
-    let (rx, tx) = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            if !taps.iter().any(|t| t == name.trim()) {
-                return None;
-            }
-            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            Some((*f.get(8)?, *f.first()?))
-        })
-        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+    let (tx, rx) = super::stats::net_dev(pid, |name| taps.iter().any(|t| t == name));
     VmUsage {
         cpu_ns,
         memory: rss,
